@@ -1,0 +1,279 @@
+//! The kernel<->user ABI of notifier: the layout of every record the probes write to the ring buffer,
+//! the numbers that name record kinds and PAM items, the names of the maps, and the lengths of the
+//! fixed buffers. Nothing else lives here: this crate is shared by the `no_std` eBPF object and the
+//! userspace binary, so both sides agree on one definition.
+//!
+//! Invariants:
+//! - every type is `#[repr(C)]`, `Copy`, made of fixed-size integers and byte arrays, with explicit
+//!   padding and no `bool`, and its size is checked at compile time;
+//! - no record can carry a secret: the probes read only the public API's arguments, and they copy a
+//!   `pam_set_item` value only for the items listed in [`item`], and a `pam_putenv` string only when it
+//!   starts with one of [`env::NAMES`].
+#![no_std]
+
+use core::mem::size_of;
+
+/// Map and global names, shared so that userspace never types a name twice.
+pub mod names {
+    /// Ring buffer of [`crate::EventHeader`] + payload records.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counters of events that could not be delivered, indexed by [`crate::lost`].
+    pub const LOST: &str = "LOST";
+    /// LRU hash: [`crate::HandleKey`] -> [`crate::HandleState`], one entry per live PAM handle.
+    pub const HANDLES: &str = "HANDLES";
+    /// LRU hash: [`crate::InflightKey`] -> [`crate::Inflight`], arguments saved between entry and return.
+    pub const INFLIGHT: &str = "INFLIGHT";
+    /// Global `TaskOffsets`, filled by the loader from the kernel's BTF.
+    pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
+}
+
+/// Size of the ring buffer, in bytes (a power-of-two multiple of the page size).
+pub const RING_BYTES: u32 = 1 << 21;
+/// Entries in the per-handle LRU map: the most PAM transactions that can be open at once.
+pub const MAX_HANDLES: u32 = 16_384;
+/// Entries in the entry->return argument map: the most PAM calls in flight at once.
+pub const MAX_INFLIGHT: u32 = 8_192;
+/// Bytes of string payload one record can carry, including the terminating NUL. Longer strings are
+/// cut and flagged with [`str_flags::TRUNCATED`]. Large enough for an RSA-4096 `SSH_AUTH_INFO_0`.
+pub const DATA_LEN: usize = 4096;
+/// `TASK_COMM_LEN` in the kernel.
+pub const COMM_LEN: usize = 16;
+
+/// Record kinds, as written in [`EventHeader::kind`]. Gapped on purpose; convert with `TryFrom<u32>`.
+pub mod kind {
+    /// `pam_start`/`pam_start_confdir` returned; payload: the service name.
+    pub const START: u32 = 1;
+    /// Follows [`START`] for the same handle; payload: the user name given to `pam_start`.
+    pub const START_USER: u32 = 2;
+    /// `pam_set_item` entry; [`crate::EventHeader::item`] is the item type; payload: its value.
+    pub const SET_ITEM: u32 = 10;
+    /// `pam_putenv` entry for a name in [`crate::env::NAMES`]; payload: the whole `NAME=value` string.
+    pub const PUTENV: u32 = 20;
+    /// `pam_authenticate` returned; [`crate::EventHeader::ret`] is its result.
+    pub const AUTHENTICATE: u32 = 30;
+    /// `pam_open_session` returned.
+    pub const OPEN_SESSION: u32 = 40;
+    /// `pam_close_session` returned.
+    pub const CLOSE_SESSION: u32 = 41;
+    /// `pam_end` entry; [`crate::EventHeader::item`] holds its `pam_status` argument.
+    pub const END: u32 = 50;
+}
+
+/// The `pam_set_item` item types that are captured. Every other item (notably `PAM_AUTHTOK` = 6,
+/// `PAM_OLDAUTHTOK` = 7 and `PAM_CONV` = 5) is never read.
+pub mod item {
+    pub const PAM_SERVICE: u32 = 1;
+    pub const PAM_USER: u32 = 2;
+    pub const PAM_TTY: u32 = 3;
+    pub const PAM_RHOST: u32 = 4;
+    pub const PAM_RUSER: u32 = 8;
+
+    /// True for the items the probes may copy.
+    #[inline(always)]
+    pub const fn is_captured(item: u32) -> bool {
+        matches!(item, PAM_SERVICE | PAM_USER | PAM_TTY | PAM_RHOST | PAM_RUSER)
+    }
+}
+
+/// The PAM environment variables that are captured; all others are never copied out of the probe.
+pub mod env {
+    pub const SSH_CONNECTION: &[u8] = b"SSH_CONNECTION=";
+    pub const SSH_AUTH_INFO_0: &[u8] = b"SSH_AUTH_INFO_0=";
+    /// Bytes of a `pam_putenv` argument read to compare against the names (the longest prefix).
+    pub const PREFIX_LEN: usize = 16;
+}
+
+/// Flags on the string payload, in [`EventHeader::str_flags`].
+pub mod str_flags {
+    /// The string was longer than [`crate::DATA_LEN`] - 1 bytes and was cut.
+    pub const TRUNCATED: u16 = 1;
+    /// The string could not be read from the caller's memory (payload empty).
+    pub const READ_FAILED: u16 = 2;
+    /// The pointer was NULL (payload empty).
+    pub const NULL: u16 = 4;
+}
+
+/// Flags on the caller's task, in [`EventHeader::task_flags`].
+pub mod task_flags {
+    /// `euid`, `ppid` and the `exe_*` fields were read from the task (the loader found the offsets).
+    pub const INFO: u16 = 1;
+    /// The task's executable could be read (`exe_uid`, `exe_mode`, `exe_ino` are valid).
+    pub const EXE: u16 = 2;
+}
+
+/// Indexes into the per-CPU `LOST` counter array.
+pub mod lost {
+    /// A record was dropped because the ring buffer was full.
+    pub const RING_FULL: u32 = 0;
+    /// The entry->return argument map was full; the return of that call is not reported.
+    pub const INFLIGHT_FULL: u32 = 1;
+    /// The per-handle map could not take a new handle.
+    pub const HANDLES_FULL: u32 = 2;
+    /// A string argument could not be read from user memory (the record is still sent, flagged).
+    pub const READ_FAILED: u32 = 3;
+    /// A return probe fired with no saved entry (evicted or attached mid-call).
+    pub const NO_ENTRY: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 5;
+}
+
+/// The fixed part of every ring buffer record. The string payload (if any) follows it directly and
+/// is `str_len` bytes long, without a NUL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// The `pam_set_item` item type, or the `pam_end` status argument; 0 otherwise.
+    pub item: u32,
+    /// `CLOCK_BOOTTIME` at the probe, in nanoseconds.
+    pub ts_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid in the high half, thread id in the low half.
+    pub pid_tgid: u64,
+    /// `bpf_get_current_uid_gid()`: the caller's real gid (high) and real uid (low).
+    pub uid_gid: u64,
+    /// The `pam_handle_t *` value.
+    pub handle: u64,
+    /// `ts_ns` of the `pam_start` that created this handle; 0 when it was not seen.
+    pub session_start_ns: u64,
+    /// The tgid that called `pam_start` for this handle (the caller's parent when a forked child
+    /// uses its parent's handle); 0 when it was not seen.
+    pub owner_tgid: u32,
+    /// The caller's parent tgid (valid with [`task_flags::INFO`]).
+    pub ppid: u32,
+    /// The probed function's return value, for return records.
+    pub ret: i32,
+    /// The caller's effective uid (valid with [`task_flags::INFO`]).
+    pub euid: u32,
+    /// Owner uid of the caller's executable (valid with [`task_flags::EXE`]).
+    pub exe_uid: u32,
+    /// Mode bits of the caller's executable (valid with [`task_flags::EXE`]).
+    pub exe_mode: u32,
+    /// Inode number of the caller's executable (valid with [`task_flags::EXE`]).
+    pub exe_ino: u64,
+    /// [`task_flags`].
+    pub task_flags: u16,
+    /// [`str_flags`].
+    pub str_flags: u16,
+    /// Length of the payload that follows, in bytes.
+    pub str_len: u32,
+    /// `bpf_get_current_comm()`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Size of [`EventHeader`] on the wire.
+pub const HEADER_LEN: usize = 104;
+const _: () = assert!(size_of::<EventHeader>() == HEADER_LEN);
+const _: () = assert!(HEADER_LEN % 8 == 0);
+
+/// A whole record as assembled in the probe's per-CPU scratch buffer. Only `HEADER_LEN + str_len`
+/// bytes of it are written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub header: EventHeader,
+    pub data: [u8; DATA_LEN],
+}
+const _: () = assert!(size_of::<Event>() == HEADER_LEN + DATA_LEN);
+
+/// Key of the per-handle map: handles are only unique within a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandleKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub handle: u64,
+}
+const _: () = assert!(size_of::<HandleKey>() == 16);
+
+/// What the kernel remembers about a live handle.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandleState {
+    pub start_ns: u64,
+    pub owner_tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<HandleState>() == 16);
+
+/// Which function an in-flight entry belongs to.
+pub mod func {
+    pub const START: u32 = 1;
+    pub const AUTHENTICATE: u32 = 2;
+    pub const OPEN_SESSION: u32 = 3;
+    pub const CLOSE_SESSION: u32 = 4;
+}
+
+/// Key of the entry->return map: one thread, one function.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InflightKey {
+    pub pid_tgid: u64,
+    pub func: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<InflightKey>() == 16);
+
+/// Arguments saved at entry, read at return. For `pam_start` the pointers are the service, the user
+/// and the `pam_handle_t **`; for the others `a` is the handle.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inflight {
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+}
+const _: () = assert!(size_of::<Inflight>() == 24);
+
+/// Byte offsets of the kernel struct fields the probes read to identify the caller, found by the
+/// loader in the running kernel's BTF. `valid` is 0 when they could not be found; the probes then
+/// leave the task fields empty and userspace marks every event untrusted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub valid: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_cred: u32,
+    pub task_mm: u32,
+    pub cred_euid: u32,
+    pub mm_exe_file: u32,
+    pub file_f_inode: u32,
+    pub inode_i_uid: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_ino: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TaskOffsets>() == 48);
+
+impl TaskOffsets {
+    pub const fn zeroed() -> Self {
+        Self {
+            valid: 0,
+            task_real_parent: 0,
+            task_tgid: 0,
+            task_cred: 0,
+            task_mm: 0,
+            cred_euid: 0,
+            mm_exe_file: 0,
+            file_f_inode: 0,
+            inode_i_uid: 0,
+            inode_i_mode: 0,
+            inode_i_ino: 0,
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these are `#[repr(C)]` structs of integers and byte arrays with explicit padding,
+    // so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HandleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HandleState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskOffsets {}
+}

@@ -1,0 +1,2 @@
+//! Probe families. `pam` covers libpam's public API.
+pub mod pam;

@@ -1,0 +1,231 @@
+//! The maps, and the code shared by every probe: building a record in per-CPU scratch space,
+//! identifying the calling task, reading one string argument, counting losses, and emitting the
+//! record to the ring buffer with only the bytes it uses.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use notifier_common::{
+    lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey,
+    TaskOffsets, DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, RING_BYTES,
+};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
+
+#[map]
+pub static HANDLES: LruHashMap<HandleKey, HandleState> =
+    LruHashMap::with_max_entries(MAX_HANDLES, 0);
+
+#[map]
+pub static INFLIGHT: LruHashMap<InflightKey, Inflight> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// Filled by the loader from the kernel's BTF before the object is loaded.
+#[unsafe(no_mangle)]
+static TASK_OFFSETS: TaskOffsets = TaskOffsets::zeroed();
+
+#[inline(always)]
+pub fn count_lost(reason: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(reason) {
+        // SAFETY: the pointer is to this CPU's slot of a per-CPU array, which only this program
+        // instance touches while it runs (programs are not preempted on a CPU).
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Reads a value of type `T` at `base + off` in kernel memory, or `None`.
+#[inline(always)]
+fn kread<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// A record being built in this CPU's scratch slot.
+pub struct Record {
+    event: *mut Event,
+}
+
+impl Record {
+    /// Starts a record of `kind` for `handle`, filling in everything known about the caller.
+    #[inline(always)]
+    pub fn new(kind: u32, handle: u64) -> Option<Self> {
+        let event = SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: the scratch slot is this CPU's and is valid for the whole program run.
+        let h = unsafe { &mut (*event).header };
+        let pid_tgid = bpf_get_current_pid_tgid();
+        *h = EventHeader {
+            kind,
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+            pid_tgid,
+            uid_gid: bpf_get_current_uid_gid(),
+            handle,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            ..EventHeader::default()
+        };
+        fill_task(h);
+        if handle != 0 {
+            let tgid = (pid_tgid >> 32) as u32;
+            if let Some(state) = find_handle(tgid, h.ppid, handle) {
+                h.session_start_ns = state.start_ns;
+                h.owner_tgid = state.owner_tgid;
+            }
+        }
+        Some(Self { event })
+    }
+
+    #[inline(always)]
+    pub fn header(&mut self) -> &mut EventHeader {
+        // SAFETY: see `new`.
+        unsafe { &mut (*self.event).header }
+    }
+
+    /// Copies the NUL-terminated user string at `src` into the payload, flagging NULL pointers,
+    /// failed reads and truncation.
+    #[inline(always)]
+    pub fn read_user_str(&mut self, src: u64) {
+        // SAFETY: see `new`.
+        let event = unsafe { &mut *self.event };
+        if src == 0 {
+            event.header.str_flags |= str_flags::NULL;
+            return;
+        }
+        // SAFETY: bpf_probe_read_user_str fails instead of faulting on a bad address.
+        match unsafe { bpf_probe_read_user_str_bytes(src as *const u8, &mut event.data) } {
+            Ok(bytes) => {
+                let len = bytes.len();
+                event.header.str_len = len as u32;
+                if len >= DATA_LEN - 1 {
+                    // The buffer is full: the string was cut unless its NUL came right after.
+                    // SAFETY: as above; a failed read leaves the default (0 = not truncated).
+                    let next: u8 =
+                        unsafe { bpf_probe_read_user((src + len as u64) as *const u8) }
+                            .unwrap_or(0);
+                    if next != 0 {
+                        event.header.str_flags |= str_flags::TRUNCATED;
+                    }
+                }
+            }
+            Err(_) => {
+                event.header.str_flags |= str_flags::READ_FAILED;
+                count_lost(lost::READ_FAILED);
+            }
+        }
+    }
+
+    /// Writes the header and the used part of the payload to the ring buffer.
+    #[inline(always)]
+    pub fn emit(self) {
+        // SAFETY: see `new`.
+        let event = unsafe { &*self.event };
+        let len = event.header.str_len as usize;
+        if len > DATA_LEN {
+            return;
+        }
+        let size = HEADER_LEN + len;
+        // SAFETY: `size` is at most size_of::<Event>() and `event` points to a whole Event.
+        let bytes = unsafe { core::slice::from_raw_parts(self.event as *const u8, size) };
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            count_lost(lost::RING_FULL);
+        }
+    }
+}
+
+/// Fills the caller's parent, effective uid and executable identity from the current task, using
+/// the offsets the loader found in BTF. Without them the fields stay 0 and `task_flags` says so.
+#[inline(always)]
+fn fill_task(h: &mut EventHeader) {
+    // SAFETY: a plain read of a global that the loader initialised before load.
+    let o = unsafe { core::ptr::read_volatile(&TASK_OFFSETS) };
+    if o.valid == 0 {
+        return;
+    }
+    // SAFETY: helper without preconditions; the result is only used through probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let parent: u64 = kread(task, o.task_real_parent).unwrap_or(0);
+    h.ppid = kread(parent, o.task_tgid).unwrap_or(0);
+    let cred: u64 = kread(task, o.task_cred).unwrap_or(0);
+    let Some(euid) = kread::<u32>(cred, o.cred_euid) else {
+        return;
+    };
+    h.euid = euid;
+    h.task_flags |= task_flags::INFO;
+    let mm: u64 = kread(task, o.task_mm).unwrap_or(0);
+    let file: u64 = kread(mm, o.mm_exe_file).unwrap_or(0);
+    let inode: u64 = kread(file, o.file_f_inode).unwrap_or(0);
+    if let (Some(uid), Some(mode), Some(ino)) = (
+        kread::<u32>(inode, o.inode_i_uid),
+        kread::<u16>(inode, o.inode_i_mode),
+        kread::<u64>(inode, o.inode_i_ino),
+    ) {
+        h.exe_uid = uid;
+        h.exe_mode = mode as u32;
+        h.exe_ino = ino;
+        h.task_flags |= task_flags::EXE;
+    }
+}
+
+/// Finds the state of `handle` in the caller's process, or else in its parent's (a forked child,
+/// such as sshd's keyboard-interactive helper, uses its parent's handle).
+#[inline(always)]
+fn find_handle(tgid: u32, ppid: u32, handle: u64) -> Option<HandleState> {
+    let key = HandleKey { tgid, _pad: 0, handle };
+    // SAFETY: the value is copied out at once.
+    if let Some(state) = unsafe { HANDLES.get(&key) } {
+        return Some(*state);
+    }
+    if ppid == 0 {
+        return None;
+    }
+    let key = HandleKey { tgid: ppid, _pad: 0, handle };
+    // SAFETY: as above.
+    unsafe { HANDLES.get(&key) }.copied()
+}
+
+/// Saves arguments at a function's entry for its return probe.
+#[inline(always)]
+pub fn save_inflight(func: u32, args: Inflight) {
+    let key = InflightKey { pid_tgid: bpf_get_current_pid_tgid(), func, _pad: 0 };
+    if INFLIGHT.insert(&key, &args, 0).is_err() {
+        count_lost(lost::INFLIGHT_FULL);
+    }
+}
+
+/// Takes the arguments saved at entry by this thread for `func`.
+#[inline(always)]
+pub fn take_inflight(func: u32) -> Option<Inflight> {
+    let key = InflightKey { pid_tgid: bpf_get_current_pid_tgid(), func, _pad: 0 };
+    // SAFETY: the value is copied out before the entry is removed.
+    let args = unsafe { INFLIGHT.get(&key) }.copied();
+    match args {
+        Some(args) => {
+            let _ = INFLIGHT.remove(&key);
+            Some(args)
+        }
+        None => {
+            count_lost(lost::NO_ENTRY);
+            None
+        }
+    }
+}

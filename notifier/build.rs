@@ -1,0 +1,17 @@
+//! Builds the eBPF object with the nightly toolchain (through aya-build) so that a plain
+//! `cargo build` on stable produces a binary with the probes embedded.
+use anyhow::{anyhow, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    let metadata_root = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&metadata_root)
+        .parent()
+        .ok_or_else(|| anyhow!("notifier crate has no parent directory"))?
+        .join("notifier-ebpf");
+    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "notifier-ebpf", root_dir: root, ..Default::default() }],
+        aya_build::Toolchain::default(),
+    )
+    .context("building the eBPF object (needs nightly, rust-src and bpf-linker: run `cargo xtask setup`)")
+}

@@ -1,0 +1,43 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::event::Format;
+
+/// notifier: tells you, within seconds, that someone just logged in to this host.
+///
+/// It watches every PAM login (sshd, sudo, su, login, …) with eBPF uprobes on libpam, without any
+/// change to /etc/pam.d or sshd_config, and without ever reading a password.
+#[derive(Debug, Parser)]
+#[command(name = "notifier", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream every PAM login event to stdout, as text lines or JSON Lines.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Print JSON Lines (one object per event) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only show events of this PAM service (repeatable).
+    #[arg(long = "service", value_name = "NAME")]
+    pub services: Vec<String>,
+    /// Attach to this libpam instead of searching for it (repeatable).
+    #[arg(long = "libpam", value_name = "PATH")]
+    pub libpam: Vec<PathBuf>,
+}
+
+impl WatchArgs {
+    pub fn format(&self) -> Format {
+        if self.json { Format::Json } else { Format::Text }
+    }
+}

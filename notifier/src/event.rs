@@ -1,0 +1,296 @@
+//! The events notifier reports, and their two output forms: one readable line, or one JSON object
+//! per line (JSON Lines). Event data is escaped for each: the text form escapes control characters,
+//! backslashes and spaces, so one event is always one line that splits on spaces; the JSON form is
+//! valid JSON whatever the input, with bytes that are not UTF-8 written as `\xNN`.
+
+use std::{fmt::Write as _, io};
+
+use serde::Serialize;
+
+use crate::{authinfo::AuthInfo, peer::Peer};
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    SessionOpen,
+    SessionClose,
+    AuthSuccess,
+    AuthFailure,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionOpen => "session_open",
+            Self::SessionClose => "session_close",
+            Self::AuthSuccess => "auth_success",
+            Self::AuthFailure => "auth_failure",
+        }
+    }
+}
+
+/// One login event. Field order is the JSON order; absent values are `null`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoginEvent {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub event: EventKind,
+    pub service: Option<String>,
+    pub user: Option<String>,
+    pub peer: Option<Peer>,
+    pub rhost: Option<String>,
+    pub tty: Option<String>,
+    pub ruser: Option<String>,
+    pub auth: Option<AuthInfo>,
+    /// For `auth_*`: the PAM result name (`PAM_SUCCESS`, `PAM_AUTH_ERR`, …).
+    pub pam_result: Option<String>,
+    /// The process that made the PAM call.
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// Real uid of that process.
+    pub caller_uid: u32,
+    /// The process (and every process that touched this PAM handle) ran as root from a root-owned
+    /// executable. A login reported by anything else may be forged.
+    pub trusted: bool,
+    pub host: String,
+    /// Stable id shared by every event of one PAM session.
+    pub session: String,
+    /// Only on `session_close`: null when the open was not seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<Option<u64>>,
+    /// Names of the fields that were cut to fit; absent when none were.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<&'static str>,
+}
+
+/// Records the kernel or userspace could not deliver, reported as their own event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LostEvent {
+    pub time: String,
+    pub event: &'static str,
+    /// Lost since the previous `events_lost` line, by cause.
+    pub ring_full: u64,
+    pub inflight_full: u64,
+    pub handles_full: u64,
+    pub read_failed: u64,
+    pub no_entry: u64,
+    pub session_table_full: u64,
+    /// Sum of the above.
+    pub lost: u64,
+    /// Everything lost since notifier started.
+    pub total: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Writes one event as one line.
+pub fn write_login(w: &mut impl io::Write, format: Format, e: &LoginEvent) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut *w, e)?;
+            w.write_all(b"\n")
+        }
+        Format::Text => writeln!(w, "{}", text_line(e)),
+    }
+}
+
+pub fn write_lost(w: &mut impl io::Write, format: Format, e: &LostEvent) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut *w, e)?;
+            w.write_all(b"\n")
+        }
+        Format::Text => writeln!(
+            w,
+            "{} events_lost lost={} ring_full={} inflight_full={} handles_full={} read_failed={} no_entry={} session_table_full={} total={}",
+            e.time, e.lost, e.ring_full, e.inflight_full, e.handles_full, e.read_failed, e.no_entry,
+            e.session_table_full, e.total
+        ),
+    }
+}
+
+/// `2026-11-24T18:07:50.123Z session_open user=alice from=203.0.113.7:52144 service=sshd
+/// method=publickey pid=4242/sshd-session`, plus what else is known.
+pub fn text_line(e: &LoginEvent) -> String {
+    let mut line = format!("{} {}", e.time, e.event.as_str());
+    let field = |line: &mut String, key: &str, value: Option<&str>| {
+        let _ = write!(line, " {key}={}", value.map_or_else(|| "-".to_string(), escape_text));
+    };
+    field(&mut line, "user", e.user.as_deref());
+    let from = e.peer.map(|p| match (p.ip, p.port) {
+        (std::net::IpAddr::V6(ip), Some(port)) => format!("[{ip}]:{port}"),
+        (ip, Some(port)) => format!("{ip}:{port}"),
+        (ip, None) => ip.to_string(),
+    });
+    match from {
+        Some(from) => field(&mut line, "from", Some(&from)),
+        None => field(&mut line, "from", e.rhost.as_deref()),
+    }
+    field(&mut line, "service", e.service.as_deref());
+    field(&mut line, "method", e.auth.as_ref().and_then(|a| a.method.as_deref()));
+    if let Some(fp) = e.auth.as_ref().and_then(|a| a.fingerprint.as_deref()) {
+        field(&mut line, "key", Some(fp));
+    }
+    if let Some(tty) = e.tty.as_deref() {
+        field(&mut line, "tty", Some(tty));
+    }
+    if let Some(result) = e.pam_result.as_deref() {
+        field(&mut line, "result", Some(result));
+    }
+    if let Some(Some(ms)) = e.duration_ms {
+        let _ = write!(line, " duration={}.{:03}s", ms / 1000, ms % 1000);
+    }
+    let _ = write!(line, " pid={}/{}", e.pid, escape_text(&e.comm));
+    if !e.trusted {
+        line.push_str(" trusted=no");
+    }
+    if !e.truncated.is_empty() {
+        let _ = write!(line, " truncated={}", e.truncated.join(","));
+    }
+    line
+}
+
+/// Escapes control characters, backslashes and spaces so a value stays one space-free token.
+pub fn escape_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            ' ' => out.push_str("\\x20"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Bytes from the probes as text: valid UTF-8 is kept, every other byte becomes `\xNN`.
+pub fn bytes_to_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// The name of a PAM result code (Linux-PAM's `_pam_types.h`).
+pub fn pam_result_name(code: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "PAM_SUCCESS", "PAM_OPEN_ERR", "PAM_SYMBOL_ERR", "PAM_SERVICE_ERR", "PAM_SYSTEM_ERR",
+        "PAM_BUF_ERR", "PAM_PERM_DENIED", "PAM_AUTH_ERR", "PAM_CRED_INSUFFICIENT",
+        "PAM_AUTHINFO_UNAVAIL", "PAM_USER_UNKNOWN", "PAM_MAXTRIES", "PAM_NEW_AUTHTOK_REQD",
+        "PAM_ACCT_EXPIRED", "PAM_SESSION_ERR", "PAM_CRED_UNAVAIL", "PAM_CRED_EXPIRED", "PAM_CRED_ERR",
+        "PAM_NO_MODULE_DATA", "PAM_CONV_ERR", "PAM_AUTHTOK_ERR", "PAM_AUTHTOK_RECOVERY_ERR",
+        "PAM_AUTHTOK_LOCK_BUSY", "PAM_AUTHTOK_DISABLE_AGING", "PAM_TRY_AGAIN", "PAM_IGNORE",
+        "PAM_ABORT", "PAM_AUTHTOK_EXPIRED", "PAM_MODULE_UNKNOWN", "PAM_BAD_ITEM", "PAM_CONV_AGAIN",
+        "PAM_INCOMPLETE",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .map_or_else(|| format!("PAM_{code}"), |s| (*s).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LoginEvent {
+        LoginEvent {
+            time: "2026-11-24T18:07:50.123Z".into(),
+            event: EventKind::SessionOpen,
+            service: Some("sshd".into()),
+            user: Some("alice".into()),
+            peer: Some(Peer { ip: "203.0.113.7".parse().unwrap(), port: Some(52144) }),
+            rhost: Some("203.0.113.7".into()),
+            tty: Some("ssh".into()),
+            ruser: None,
+            auth: Some(AuthInfo {
+                method: Some("publickey".into()),
+                key_type: Some("ssh-ed25519".into()),
+                fingerprint: Some("SHA256:abc".into()),
+            }),
+            pam_result: None,
+            pid: 4242,
+            comm: "sshd-session".into(),
+            exe: Some("/usr/lib/openssh/sshd-session".into()),
+            caller_uid: 0,
+            trusted: true,
+            host: "web-1".into(),
+            session: "0123456789abcdef".into(),
+            duration_ms: None,
+            truncated: vec![],
+        }
+    }
+
+    #[test]
+    fn json_line_has_the_documented_shape() {
+        let mut out = Vec::new();
+        write_login(&mut out, Format::Json, &sample()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["event"], "session_open");
+        assert_eq!(v["peer"]["ip"], "203.0.113.7");
+        assert_eq!(v["peer"]["port"], 52144);
+        assert_eq!(v["auth"]["fingerprint"], "SHA256:abc");
+        assert_eq!(v["ruser"], serde_json::Value::Null);
+        assert!(v.get("duration_ms").is_none() && v.get("truncated").is_none());
+    }
+
+    #[test]
+    fn text_line_is_one_escaped_line() {
+        let mut e = sample();
+        e.user = Some("evil\nuser=root x\u{1b}[31m\\".into());
+        e.trusted = false;
+        e.truncated = vec!["user"];
+        let line = text_line(&e);
+        assert_eq!(
+            line,
+            "2026-11-24T18:07:50.123Z session_open user=evil\\nuser=root\\x20x\\u{1b}[31m\\\\ \
+             from=203.0.113.7:52144 service=sshd method=publickey key=SHA256:abc tty=ssh \
+             pid=4242/sshd-session trusted=no truncated=user"
+        );
+    }
+
+    #[test]
+    fn ipv6_peer_is_bracketed_and_close_has_duration() {
+        let mut e = sample();
+        e.event = EventKind::SessionClose;
+        e.peer = Some(Peer { ip: "::1".parse().unwrap(), port: Some(50000) });
+        e.duration_ms = Some(Some(1234));
+        let line = text_line(&e);
+        assert!(line.contains(" from=[::1]:50000 "), "{line}");
+        assert!(line.contains(" duration=1.234s "), "{line}");
+    }
+
+    #[test]
+    fn non_utf8_bytes_are_escaped() {
+        assert_eq!(bytes_to_text(b"ok\xff\xfe\"q"), "ok\\xff\\xfe\"q");
+        let json = serde_json::to_string(&bytes_to_text(b"a\xffb\n")).unwrap();
+        assert_eq!(json, "\"a\\\\xffb\\n\"");
+    }
+
+    #[test]
+    fn pam_result_names() {
+        assert_eq!(pam_result_name(0), "PAM_SUCCESS");
+        assert_eq!(pam_result_name(7), "PAM_AUTH_ERR");
+        assert_eq!(pam_result_name(99), "PAM_99");
+        assert_eq!(pam_result_name(-1), "PAM_-1");
+    }
+}

@@ -1,0 +1,306 @@
+//! Loads the embedded eBPF object and attaches its probes to every libpam it finds.
+//!
+//! libpam is found, in order, at the paths given with `--libpam`, or else through the ldconfig
+//! cache, the standard library directories, and the libpam mapped by running sshd processes.
+//! Copies of one file (the same inode through several paths) are attached once.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use aya::{
+    programs::{uprobe::UProbeScope, UProbe},
+    Ebpf, EbpfLoader,
+};
+use notifier_common::names;
+use tracing::{debug, info, warn};
+
+/// The eBPF object, embedded once.
+static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/notifier"));
+
+/// Standard places for libpam, checked after the ldconfig cache.
+const STANDARD_PATHS: &[&str] = &[
+    "/lib/x86_64-linux-gnu/libpam.so.0",
+    "/usr/lib/x86_64-linux-gnu/libpam.so.0",
+    "/lib/aarch64-linux-gnu/libpam.so.0",
+    "/usr/lib/aarch64-linux-gnu/libpam.so.0",
+    "/usr/lib64/libpam.so.0",
+    "/lib64/libpam.so.0",
+    "/usr/lib/libpam.so.0",
+    "/lib/libpam.so.0",
+];
+
+/// One probe: which program goes on which libpam function, at entry or at return.
+struct ProbeSpec {
+    program: &'static str,
+    symbol: &'static str,
+    /// libpam versions before 1.4 lack some symbols (`pam_start_confdir`).
+    optional: bool,
+}
+
+const PROBES: &[ProbeSpec] = &[
+    ProbeSpec { program: "pam_enter_start", symbol: "pam_start", optional: false },
+    ProbeSpec { program: "pam_exit_start", symbol: "pam_start", optional: false },
+    ProbeSpec { program: "pam_enter_start_confdir", symbol: "pam_start_confdir", optional: true },
+    ProbeSpec { program: "pam_exit_start", symbol: "pam_start_confdir", optional: true },
+    ProbeSpec { program: "pam_enter_set_item", symbol: "pam_set_item", optional: false },
+    ProbeSpec { program: "pam_enter_putenv", symbol: "pam_putenv", optional: false },
+    ProbeSpec { program: "pam_enter_authenticate", symbol: "pam_authenticate", optional: false },
+    ProbeSpec { program: "pam_exit_authenticate", symbol: "pam_authenticate", optional: false },
+    ProbeSpec { program: "pam_enter_open_session", symbol: "pam_open_session", optional: false },
+    ProbeSpec { program: "pam_exit_open_session", symbol: "pam_open_session", optional: false },
+    ProbeSpec { program: "pam_enter_close_session", symbol: "pam_close_session", optional: false },
+    ProbeSpec { program: "pam_exit_close_session", symbol: "pam_close_session", optional: false },
+    ProbeSpec { program: "pam_enter_end", symbol: "pam_end", optional: false },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "permission denied: loading eBPF probes needs root, or CAP_BPF and CAP_PERFMON \
+         (missing: {missing}); run notifier as root (or as the packaged systemd service)"
+    )]
+    NotPrivileged { missing: String },
+    #[error(
+        "this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing); \
+         notifier needs a kernel built with CONFIG_UPROBE_EVENTS=y"
+    )]
+    NoUprobes,
+    #[error(
+        "libpam not found (searched the ldconfig cache, {searched}, and running sshd processes); \
+         install libpam0g or pass its path with --libpam PATH"
+    )]
+    LibpamNotFound { searched: String },
+    #[error("--libpam {path}: {reason}; give the path of libpam.so.0 (e.g. /lib/x86_64-linux-gnu/libpam.so.0)")]
+    BadLibpam { path: String, reason: String },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {program}: {reason}")]
+    Program { program: &'static str, reason: String },
+    #[error("attaching {program} to {symbol} in {path}: {reason}")]
+    Attach { program: &'static str, symbol: &'static str, path: String, reason: String },
+}
+
+/// The loaded object; the probes stay attached as long as this lives.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    /// The libpam files the probes are attached to.
+    pub targets: Vec<PathBuf>,
+    /// How many probes were attached, over all targets.
+    pub attached: usize,
+    /// Whether the task fields (parent, euid, executable) are filled in by the probes.
+    pub task_info: bool,
+}
+
+/// Checks privileges and kernel support, finds libpam, loads the object and attaches every probe.
+pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
+    check_privileges()?;
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        return Err(LoadError::NoUprobes);
+    }
+    let targets = if libpam.is_empty() { find_libpam()? } else { check_given(libpam)? };
+
+    let offsets = match crate::btf::task_offsets() {
+        Ok(o) => Some(o),
+        Err(e) => {
+            warn!(error = %e, "Caller identity unavailable: every event will be marked untrusted.");
+            None
+        }
+    };
+    let offsets = offsets.unwrap_or(notifier_common::TaskOffsets::zeroed());
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .override_global(names::TASK_OFFSETS, &offsets, true)
+        .load(OBJ)
+        .map_err(|e| match permission_error(&e) {
+            true => LoadError::NotPrivileged { missing: "the kernel refused BPF (EPERM)".into() },
+            false => LoadError::Load(e),
+        })?;
+
+    let mut attached = 0;
+    let mut loaded = HashSet::new();
+    for spec in PROBES {
+        let program: &mut UProbe = ebpf
+            .program_mut(spec.program)
+            .ok_or_else(|| LoadError::Program { program: spec.program, reason: "not in the object".into() })?
+            .try_into()
+            .map_err(|e| LoadError::Program { program: spec.program, reason: format!("{e}") })?;
+        if loaded.insert(spec.program) {
+            program
+                .load()
+                .map_err(|e| LoadError::Program { program: spec.program, reason: format!("{e:#}") })?;
+        }
+        for target in &targets {
+            match program.attach(spec.symbol, target, UProbeScope::AllProcesses) {
+                Ok(_) => attached += 1,
+                Err(e) if spec.optional => {
+                    debug!(symbol = spec.symbol, path = %target.display(), error = %e, "Optional symbol not attached.");
+                }
+                Err(e) => {
+                    return Err(LoadError::Attach {
+                        program: spec.program,
+                        symbol: spec.symbol,
+                        path: target.display().to_string(),
+                        reason: format!("{e}"),
+                    });
+                }
+            }
+        }
+    }
+    info!(
+        probes = attached,
+        libpam = %targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
+        "Probes attached."
+    );
+    Ok(Probes { ebpf, targets, attached, task_info: offsets.valid != 0 })
+}
+
+fn permission_error(e: &aya::EbpfError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("EPERM") || text.contains("PermissionDenied") || text.contains("Operation not permitted")
+}
+
+/// Capability numbers from linux/capability.h.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn check_privileges() -> Result<(), LoadError> {
+    let Some(eff) = effective_caps() else {
+        return Ok(()); // Unknown: let the kernel decide, and map its EPERM.
+    };
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(LoadError::NotPrivileged { missing: missing.join(", ") })
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn check_given(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    for p in paths {
+        if let Err(reason) = check_elf(p) {
+            return Err(LoadError::BadLibpam { path: p.display().to_string(), reason });
+        }
+    }
+    Ok(dedupe(paths.iter().cloned()))
+}
+
+/// Finds every distinct libpam on the host.
+pub fn find_libpam() -> Result<Vec<PathBuf>, LoadError> {
+    let mut candidates: Vec<PathBuf> = ldconfig_libpam();
+    candidates.extend(STANDARD_PATHS.iter().map(PathBuf::from));
+    candidates.extend(sshd_mapped_libpam());
+    let found: Vec<PathBuf> = candidates.into_iter().filter(|p| check_elf(p).is_ok()).collect();
+    if found.is_empty() {
+        return Err(LoadError::LibpamNotFound { searched: STANDARD_PATHS.join(", ") });
+    }
+    Ok(dedupe(found.into_iter()))
+}
+
+/// Keeps the first path of each distinct file.
+fn dedupe(paths: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    paths
+        .filter(|p| match fs::metadata(p) {
+            Ok(m) => seen.insert((m.dev(), m.ino())),
+            Err(_) => false,
+        })
+        .collect()
+}
+
+/// A 64-bit ELF shared object for this machine: the only kind whose calling convention the probes
+/// read correctly.
+fn check_elf(path: &Path) -> Result<(), String> {
+    use std::io::Read as _;
+    let mut header = [0u8; 20];
+    let mut file = fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    file.read_exact(&mut header).map_err(|_| "not an ELF file".to_string())?;
+    if &header[..4] != b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    if header[4] != 2 {
+        return Err("not a 64-bit ELF object".into());
+    }
+    let machine = u16::from_le_bytes([header[18], header[19]]);
+    let ours = if cfg!(target_arch = "x86_64") { 62 } else if cfg!(target_arch = "aarch64") { 183 } else { machine };
+    if machine != ours {
+        return Err(format!("built for another architecture (e_machine {machine})"));
+    }
+    Ok(())
+}
+
+fn ldconfig_libpam() -> Vec<PathBuf> {
+    let output = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
+        .iter()
+        .find_map(|ldconfig| Command::new(ldconfig).arg("-p").output().ok());
+    let Some(output) = output else { return Vec::new() };
+    parse_ldconfig(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// The libpam.so.0 paths in `ldconfig -p` output.
+fn parse_ldconfig(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("libpam.so.0 "))
+        .filter_map(|l| l.split_once("=>").map(|(_, p)| PathBuf::from(p.trim())))
+        .collect()
+}
+
+/// The libpam files mapped by running sshd processes, reached through the process's root so that
+/// an sshd in another mount namespace (a container) is covered too.
+fn sshd_mapped_libpam() -> Vec<PathBuf> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !matches!(comm.trim(), "sshd" | "sshd-session") {
+            continue;
+        }
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+            if path.contains("/libpam.so") {
+                found.push(PathBuf::from(format!("/proc/{pid}/root{path}")));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ldconfig_output() {
+        let text = "1234 libs found in cache `/etc/ld.so.cache'\n\
+            \tlibpamc.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpamc.so.0\n\
+            \tlibpam_misc.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpam_misc.so.0\n\
+            \tlibpam.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpam.so.0\n";
+        assert_eq!(parse_ldconfig(text), vec![PathBuf::from("/lib/x86_64-linux-gnu/libpam.so.0")]);
+    }
+
+    #[test]
+    fn rejects_non_elf_libpam() {
+        let dir = std::env::temp_dir().join(format!("notifier-elf-{}", std::process::id()));
+        fs::write(&dir, b"#!/bin/sh\n").unwrap();
+        assert_eq!(check_elf(&dir), Err("not an ELF file".to_string()));
+        fs::remove_file(&dir).unwrap();
+        assert!(check_elf(Path::new("/nonexistent/libpam.so.0")).unwrap_err().starts_with("cannot open"));
+    }
+}

@@ -1,0 +1,45 @@
+//! The `notifier` binary: parse the command line, set up logging, run, and map errors to an exit
+//! code.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use notifier::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Watch(args) => notifier::watch::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries only events). Under systemd (JOURNAL_STREAM set) journald adds
+/// its own timestamps, so lines are plain, without time or colour. `RUST_LOG` filters, default info.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).with_target(false).init();
+    } else {
+        use std::io::IsTerminal as _;
+        builder.with_ansi(std::io::stderr().is_terminal()).with_target(false).init();
+    }
+}

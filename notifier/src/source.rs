@@ -1,0 +1,243 @@
+//! Reads the probes' ring buffer and decodes each record into a [`Record`], and reads the kernel's
+//! counters of records that could not be delivered. Decoding is pure and checked: a record that is
+//! too short or of an unknown kind is an error, never a guess.
+
+use std::io;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use notifier_common::{kind, lost, names, str_flags, task_flags, EventHeader, HEADER_LEN};
+use tokio::io::unix::AsyncFd;
+
+use crate::loader::Probes;
+
+/// What a record reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Start,
+    StartUser,
+    SetItem,
+    Putenv,
+    Authenticate,
+    OpenSession,
+    CloseSession,
+    End,
+}
+
+impl TryFrom<u32> for RecordKind {
+    type Error = DecodeError;
+    fn try_from(value: u32) -> Result<Self, DecodeError> {
+        Ok(match value {
+            kind::START => Self::Start,
+            kind::START_USER => Self::StartUser,
+            kind::SET_ITEM => Self::SetItem,
+            kind::PUTENV => Self::Putenv,
+            kind::AUTHENTICATE => Self::Authenticate,
+            kind::OPEN_SESSION => Self::OpenSession,
+            kind::CLOSE_SESSION => Self::CloseSession,
+            kind::END => Self::End,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its {HEADER_LEN}-byte header")]
+    Short(usize),
+    #[error("record claims a {claimed}-byte payload but carries {actual}")]
+    BadLength { claimed: usize, actual: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+/// One decoded probe record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub kind: RecordKind,
+    pub header: EventHeader,
+    /// The string payload, exactly as read from the caller (not UTF-8 checked).
+    pub data: Vec<u8>,
+}
+
+impl Record {
+    pub fn tgid(&self) -> u32 {
+        (self.header.pid_tgid >> 32) as u32
+    }
+    pub fn uid(&self) -> u32 {
+        self.header.uid_gid as u32
+    }
+    pub fn truncated(&self) -> bool {
+        self.header.str_flags & str_flags::TRUNCATED != 0
+    }
+    pub fn comm(&self) -> &[u8] {
+        let end = self.header.comm.iter().position(|&b| b == 0).unwrap_or(self.header.comm.len());
+        &self.header.comm[..end]
+    }
+    /// The caller runs with effective uid 0 from an executable owned by root that no one else can
+    /// write. Requires the task fields, which the loader may have been unable to provide.
+    pub fn trusted(&self) -> bool {
+        let h = &self.header;
+        let needed = task_flags::INFO | task_flags::EXE;
+        h.task_flags & needed == needed && h.euid == 0 && h.exe_uid == 0 && h.exe_mode & 0o022 == 0
+    }
+}
+
+/// Decodes one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: `bytes` holds at least HEADER_LEN bytes, EventHeader is repr(C) plain integers for
+    // which every bit pattern is valid, and read_unaligned copes with any alignment.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let kind = RecordKind::try_from(header.kind)?;
+    let payload = &bytes[HEADER_LEN..];
+    let claimed = header.str_len as usize;
+    if claimed > payload.len() {
+        return Err(DecodeError::BadLength { claimed, actual: payload.len() });
+    }
+    Ok(Record { kind, header, data: payload[..claimed].to_vec() })
+}
+
+/// Totals of records the kernel side could not deliver, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostCounts {
+    pub ring_full: u64,
+    pub inflight_full: u64,
+    pub handles_full: u64,
+    pub read_failed: u64,
+    pub no_entry: u64,
+}
+
+impl LostCounts {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.inflight_full + self.handles_full + self.read_failed + self.no_entry
+    }
+    pub fn since(&self, earlier: &LostCounts) -> LostCounts {
+        LostCounts {
+            ring_full: self.ring_full - earlier.ring_full,
+            inflight_full: self.inflight_full - earlier.inflight_full,
+            handles_full: self.handles_full - earlier.handles_full,
+            read_failed: self.read_failed - earlier.read_failed,
+            no_entry: self.no_entry - earlier.no_entry,
+        }
+    }
+}
+
+/// The kernel event source: the ring buffer, readable asynchronously, and the loss counters.
+pub struct Source {
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    /// Records that failed to decode (a version mismatch would show here).
+    pub decode_errors: u64,
+}
+
+impl Source {
+    pub fn new(probes: &mut Probes) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let ring = probes.ebpf.take_map(names::EVENTS).context("map EVENTS missing from the object")?;
+        let ring = RingBuf::try_from(ring).context("map EVENTS is not a ring buffer")?;
+        let lost = probes.ebpf.take_map(names::LOST).context("map LOST missing from the object")?;
+        let lost = PerCpuArray::try_from(lost).context("map LOST is not a per-CPU array")?;
+        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
+        // AsyncFd (and with it the RingBuf) is dropped.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("registering the ring buffer with the event loop")?;
+        Ok(Self { ring, lost, decode_errors: 0 })
+    }
+
+    /// Waits until records are available, then appends every available record to `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<Record>) -> io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        Self::drain_into(guard.get_inner_mut(), out, &mut self.decode_errors);
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Appends every record available now, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Record>) {
+        let ring = self.ring.get_mut();
+        Self::drain_into(ring, out, &mut self.decode_errors);
+    }
+
+    fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Record>, errors: &mut u64) {
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(record) => out.push(record),
+                Err(e) => {
+                    *errors += 1;
+                    if *errors <= 10 {
+                        tracing::warn!(error = %e, "Undecodable record from the kernel; skipped.");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sums the per-CPU loss counters.
+    pub fn lost_counts(&self) -> io::Result<LostCounts> {
+        let read = |index: u32| -> io::Result<u64> {
+            let values = self.lost.get(&index, 0).map_err(io::Error::other)?;
+            Ok(values.iter().sum())
+        };
+        Ok(LostCounts {
+            ring_full: read(lost::RING_FULL)?,
+            inflight_full: read(lost::INFLIGHT_FULL)?,
+            handles_full: read(lost::HANDLES_FULL)?,
+            read_failed: read(lost::READ_FAILED)?,
+            no_entry: read(lost::NO_ENTRY)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(header: &EventHeader, payload: &[u8]) -> Vec<u8> {
+        // SAFETY: EventHeader is repr(C) plain data of exactly HEADER_LEN bytes.
+        let raw = unsafe {
+            std::slice::from_raw_parts((header as *const EventHeader).cast::<u8>(), HEADER_LEN)
+        };
+        let mut v = raw.to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn decodes_a_record_with_payload() {
+        let h = EventHeader { kind: kind::SET_ITEM, item: 4, str_len: 11, pid_tgid: 7 << 32 | 8, ..Default::default() };
+        let r = decode(&bytes(&h, b"203.0.113.9")).unwrap();
+        assert_eq!(r.kind, RecordKind::SetItem);
+        assert_eq!(r.data, b"203.0.113.9");
+        assert_eq!(r.tgid(), 7);
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Short(10)));
+        let h = EventHeader { kind: 99, ..Default::default() };
+        assert_eq!(decode(&bytes(&h, b"")), Err(DecodeError::UnknownKind(99)));
+        let h = EventHeader { kind: kind::START, str_len: 50, ..Default::default() };
+        assert_eq!(decode(&bytes(&h, b"abc")), Err(DecodeError::BadLength { claimed: 50, actual: 3 }));
+    }
+
+    #[test]
+    fn trust_needs_root_and_a_root_owned_unwritable_executable() {
+        let mut h = EventHeader { kind: kind::START, task_flags: task_flags::INFO | task_flags::EXE, exe_mode: 0o100755, ..Default::default() };
+        let rec = |h: &EventHeader| decode(&bytes(h, b"")).unwrap();
+        assert!(rec(&h).trusted());
+        h.euid = 1000;
+        assert!(!rec(&h).trusted());
+        h.euid = 0;
+        h.exe_uid = 1000;
+        assert!(!rec(&h).trusted());
+        h.exe_uid = 0;
+        h.exe_mode = 0o100777;
+        assert!(!rec(&h).trusted());
+        h.exe_mode = 0o100755;
+        h.task_flags = task_flags::INFO;
+        assert!(!rec(&h).trusted());
+    }
+}
