@@ -164,7 +164,7 @@ pub struct EventHeader {
 /// Size of [`EventHeader`] on the wire.
 pub const HEADER_LEN: usize = 104;
 const _: () = assert!(size_of::<EventHeader>() == HEADER_LEN);
-const _: () = assert!(HEADER_LEN % 8 == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(8));
 
 /// A whole record as assembled in the probe's per-CPU scratch buffer. Only `HEADER_LEN + str_len`
 /// bytes of it are written to the ring buffer.

@@ -4,16 +4,15 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use notifier_common::{
-    lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey,
-    TaskOffsets, DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, RING_BYTES,
+    lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey, TaskOffsets,
+    DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, RING_BYTES,
 };
 
 #[map]
@@ -23,12 +22,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
 
 #[map]
-pub static HANDLES: LruHashMap<HandleKey, HandleState> =
-    LruHashMap::with_max_entries(MAX_HANDLES, 0);
+pub static HANDLES: LruHashMap<HandleKey, HandleState> = LruHashMap::with_max_entries(MAX_HANDLES, 0);
 
 #[map]
-pub static INFLIGHT: LruHashMap<InflightKey, Inflight> =
-    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+pub static INFLIGHT: LruHashMap<InflightKey, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
@@ -119,9 +116,7 @@ impl Record {
                 if len >= DATA_LEN - 1 {
                     // The buffer is full: the string was cut unless its NUL came right after.
                     // SAFETY: as above; a failed read leaves the default (0 = not truncated).
-                    let next: u8 =
-                        unsafe { bpf_probe_read_user((src + len as u64) as *const u8) }
-                            .unwrap_or(0);
+                    let next: u8 = unsafe { bpf_probe_read_user((src + len as u64) as *const u8) }.unwrap_or(0);
                     if next != 0 {
                         event.header.str_flags |= str_flags::TRUNCATED;
                     }
@@ -174,11 +169,9 @@ fn fill_task(h: &mut EventHeader) {
     let mm: u64 = kread(task, o.task_mm).unwrap_or(0);
     let file: u64 = kread(mm, o.mm_exe_file).unwrap_or(0);
     let inode: u64 = kread(file, o.file_f_inode).unwrap_or(0);
-    if let (Some(uid), Some(mode), Some(ino)) = (
-        kread::<u32>(inode, o.inode_i_uid),
-        kread::<u16>(inode, o.inode_i_mode),
-        kread::<u64>(inode, o.inode_i_ino),
-    ) {
+    if let (Some(uid), Some(mode), Some(ino)) =
+        (kread::<u32>(inode, o.inode_i_uid), kread::<u16>(inode, o.inode_i_mode), kread::<u64>(inode, o.inode_i_ino))
+    {
         h.exe_uid = uid;
         h.exe_mode = mode as u32;
         h.exe_ino = ino;
@@ -192,7 +185,7 @@ fn fill_task(h: &mut EventHeader) {
 fn find_handle(tgid: u32, ppid: u32, handle: u64) -> Option<HandleState> {
     let key = HandleKey { tgid, _pad: 0, handle };
     // SAFETY: the value is copied out at once.
-    if let Some(state) = unsafe { HANDLES.get(&key) } {
+    if let Some(state) = unsafe { HANDLES.get(key) } {
         return Some(*state);
     }
     if ppid == 0 {
@@ -200,14 +193,14 @@ fn find_handle(tgid: u32, ppid: u32, handle: u64) -> Option<HandleState> {
     }
     let key = HandleKey { tgid: ppid, _pad: 0, handle };
     // SAFETY: as above.
-    unsafe { HANDLES.get(&key) }.copied()
+    unsafe { HANDLES.get(key) }.copied()
 }
 
 /// Saves arguments at a function's entry for its return probe.
 #[inline(always)]
 pub fn save_inflight(func: u32, args: Inflight) {
     let key = InflightKey { pid_tgid: bpf_get_current_pid_tgid(), func, _pad: 0 };
-    if INFLIGHT.insert(&key, &args, 0).is_err() {
+    if INFLIGHT.insert(key, args, 0).is_err() {
         count_lost(lost::INFLIGHT_FULL);
     }
 }
@@ -217,10 +210,10 @@ pub fn save_inflight(func: u32, args: Inflight) {
 pub fn take_inflight(func: u32) -> Option<Inflight> {
     let key = InflightKey { pid_tgid: bpf_get_current_pid_tgid(), func, _pad: 0 };
     // SAFETY: the value is copied out before the entry is removed.
-    let args = unsafe { INFLIGHT.get(&key) }.copied();
+    let args = unsafe { INFLIGHT.get(key) }.copied();
     match args {
         Some(args) => {
-            let _ = INFLIGHT.remove(&key);
+            let _ = INFLIGHT.remove(key);
             Some(args)
         }
         None => {

@@ -38,6 +38,10 @@ pub struct WatchArgs {
 
 impl WatchArgs {
     pub fn format(&self) -> Format {
-        if self.json { Format::Json } else { Format::Text }
+        if self.json {
+            Format::Json
+        } else {
+            Format::Text
+        }
     }
 }

@@ -191,19 +191,40 @@ pub fn bytes_to_text(bytes: &[u8]) -> String {
 /// The name of a PAM result code (Linux-PAM's `_pam_types.h`).
 pub fn pam_result_name(code: i32) -> String {
     const NAMES: [&str; 32] = [
-        "PAM_SUCCESS", "PAM_OPEN_ERR", "PAM_SYMBOL_ERR", "PAM_SERVICE_ERR", "PAM_SYSTEM_ERR",
-        "PAM_BUF_ERR", "PAM_PERM_DENIED", "PAM_AUTH_ERR", "PAM_CRED_INSUFFICIENT",
-        "PAM_AUTHINFO_UNAVAIL", "PAM_USER_UNKNOWN", "PAM_MAXTRIES", "PAM_NEW_AUTHTOK_REQD",
-        "PAM_ACCT_EXPIRED", "PAM_SESSION_ERR", "PAM_CRED_UNAVAIL", "PAM_CRED_EXPIRED", "PAM_CRED_ERR",
-        "PAM_NO_MODULE_DATA", "PAM_CONV_ERR", "PAM_AUTHTOK_ERR", "PAM_AUTHTOK_RECOVERY_ERR",
-        "PAM_AUTHTOK_LOCK_BUSY", "PAM_AUTHTOK_DISABLE_AGING", "PAM_TRY_AGAIN", "PAM_IGNORE",
-        "PAM_ABORT", "PAM_AUTHTOK_EXPIRED", "PAM_MODULE_UNKNOWN", "PAM_BAD_ITEM", "PAM_CONV_AGAIN",
+        "PAM_SUCCESS",
+        "PAM_OPEN_ERR",
+        "PAM_SYMBOL_ERR",
+        "PAM_SERVICE_ERR",
+        "PAM_SYSTEM_ERR",
+        "PAM_BUF_ERR",
+        "PAM_PERM_DENIED",
+        "PAM_AUTH_ERR",
+        "PAM_CRED_INSUFFICIENT",
+        "PAM_AUTHINFO_UNAVAIL",
+        "PAM_USER_UNKNOWN",
+        "PAM_MAXTRIES",
+        "PAM_NEW_AUTHTOK_REQD",
+        "PAM_ACCT_EXPIRED",
+        "PAM_SESSION_ERR",
+        "PAM_CRED_UNAVAIL",
+        "PAM_CRED_EXPIRED",
+        "PAM_CRED_ERR",
+        "PAM_NO_MODULE_DATA",
+        "PAM_CONV_ERR",
+        "PAM_AUTHTOK_ERR",
+        "PAM_AUTHTOK_RECOVERY_ERR",
+        "PAM_AUTHTOK_LOCK_BUSY",
+        "PAM_AUTHTOK_DISABLE_AGING",
+        "PAM_TRY_AGAIN",
+        "PAM_IGNORE",
+        "PAM_ABORT",
+        "PAM_AUTHTOK_EXPIRED",
+        "PAM_MODULE_UNKNOWN",
+        "PAM_BAD_ITEM",
+        "PAM_CONV_AGAIN",
         "PAM_INCOMPLETE",
     ];
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .map_or_else(|| format!("PAM_{code}"), |s| (*s).to_string())
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).map_or_else(|| format!("PAM_{code}"), |s| (*s).to_string())
 }
 
 #[cfg(test)]

@@ -112,13 +112,12 @@ pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
         }
     };
     let offsets = offsets.unwrap_or(notifier_common::TaskOffsets::zeroed());
-    let mut ebpf = EbpfLoader::new()
-        .btf(None)
-        .override_global(names::TASK_OFFSETS, &offsets, true)
-        .load(OBJ)
-        .map_err(|e| match permission_error(&e) {
-            true => LoadError::NotPrivileged { missing: "the kernel refused BPF (EPERM)".into() },
-            false => LoadError::Load(e),
+    let mut ebpf =
+        EbpfLoader::new().btf(None).override_global(names::TASK_OFFSETS, &offsets, true).load(OBJ).map_err(|e| {
+            match permission_error(&e) {
+                true => LoadError::NotPrivileged { missing: "the kernel refused BPF (EPERM)".into() },
+                false => LoadError::Load(e),
+            }
         })?;
 
     let mut attached = 0;
@@ -130,9 +129,7 @@ pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
             .try_into()
             .map_err(|e| LoadError::Program { program: spec.program, reason: format!("{e}") })?;
         if loaded.insert(spec.program) {
-            program
-                .load()
-                .map_err(|e| LoadError::Program { program: spec.program, reason: format!("{e:#}") })?;
+            program.load().map_err(|e| LoadError::Program { program: spec.program, reason: format!("{e:#}") })?;
         }
         for target in &targets {
             match program.attach(spec.symbol, target, UProbeScope::AllProcesses) {
@@ -151,6 +148,10 @@ pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
             }
         }
     }
+    // Parsing the kernel's BTF and the object allocates tens of MB that are freed by now; hand the
+    // pages back so the resident size reflects the daemon's steady state.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     info!(
         probes = attached,
         libpam = %targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
@@ -237,7 +238,13 @@ fn check_elf(path: &Path) -> Result<(), String> {
         return Err("not a 64-bit ELF object".into());
     }
     let machine = u16::from_le_bytes([header[18], header[19]]);
-    let ours = if cfg!(target_arch = "x86_64") { 62 } else if cfg!(target_arch = "aarch64") { 183 } else { machine };
+    let ours = if cfg!(target_arch = "x86_64") {
+        62
+    } else if cfg!(target_arch = "aarch64") {
+        183
+    } else {
+        machine
+    };
     if machine != ours {
         return Err(format!("built for another architecture (e_machine {machine})"));
     }

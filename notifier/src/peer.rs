@@ -30,10 +30,7 @@ pub fn parse_ssh_connection(value: &str) -> Option<SshConnection> {
     if parts.next().is_some() {
         return None;
     }
-    Some(SshConnection {
-        peer: Peer { ip, port: Some(port) },
-        local: Peer { ip: lip, port: Some(lport) },
-    })
+    Some(SshConnection { peer: Peer { ip, port: Some(port) }, local: Peer { ip: lip, port: Some(lport) } })
 }
 
 /// A peer from `PAM_RHOST`, if it is an IP literal (optionally bracketed, optionally with an IPv6
@@ -61,7 +58,6 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -45,6 +45,11 @@ pub fn host_context() -> HostContext {
     }
 }
 
+/// Unix time now, in nanoseconds.
+pub fn unix_now_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes to it.
@@ -72,9 +77,4 @@ mod tests {
         assert!(!ctx.boot_id.is_empty());
         assert!(ctx.boot_to_unix_ns > 1_600_000_000_000_000_000);
     }
-}
-
-/// Unix time now, in nanoseconds.
-pub fn unix_now_ns(_ctx: &HostContext) -> i128 {
-    clock_ns(libc::CLOCK_REALTIME)
 }

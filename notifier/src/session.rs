@@ -192,7 +192,8 @@ impl<P: ProcessLookup> Assembler<P> {
             .ssh
             .map(|c| c.peer)
             .or_else(|| s.rhost.as_ref().filter(|f| !f.truncated).and_then(|f| peer::peer_from_rhost(&f.text)));
-        let pam_result = matches!(kind, EventKind::AuthSuccess | EventKind::AuthFailure).then(|| pam_result_name(h.ret));
+        let pam_result =
+            matches!(kind, EventKind::AuthSuccess | EventKind::AuthFailure).then(|| pam_result_name(h.ret));
         LoginEvent {
             time: self.time(h.ts_ns),
             event: kind,
@@ -270,9 +271,8 @@ fn apply_env(s: &mut Session, rec: &Record) {
 
 /// RFC 3339 in UTC with milliseconds: `2026-11-24T18:07:50.123Z`.
 pub fn format_time(unix_ns: i128) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
         .ok()
         .and_then(|t| t.format(&format).ok())
@@ -446,10 +446,17 @@ mod tests {
         let mut a = asm(16);
         let out = run(
             &mut a,
-            &[rec(kind::START, 1, 1, 1, b"su"), with(rec(kind::OPEN_SESSION, 1, 1, 2, b""), |h| h.ret = 14), rec(kind::END, 1, 1, 3, b"")],
+            &[
+                rec(kind::START, 1, 1, 1, b"su"),
+                with(rec(kind::OPEN_SESSION, 1, 1, 2, b""), |h| h.ret = 14),
+                rec(kind::END, 1, 1, 3, b""),
+            ],
         );
         assert!(out.is_empty(), "{out:#?}");
-        let out = run(&mut a, &[rec(kind::START, 2, 2, 1, b"su"), rec(kind::OPEN_SESSION, 2, 2, 2, b""), rec(kind::END, 2, 2, 7, b"")]);
+        let out = run(
+            &mut a,
+            &[rec(kind::START, 2, 2, 1, b"su"), rec(kind::OPEN_SESSION, 2, 2, 2, b""), rec(kind::END, 2, 2, 7, b"")],
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].duration_ms, Some(Some(5)));
     }

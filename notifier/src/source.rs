@@ -197,9 +197,7 @@ mod tests {
 
     fn bytes(header: &EventHeader, payload: &[u8]) -> Vec<u8> {
         // SAFETY: EventHeader is repr(C) plain data of exactly HEADER_LEN bytes.
-        let raw = unsafe {
-            std::slice::from_raw_parts((header as *const EventHeader).cast::<u8>(), HEADER_LEN)
-        };
+        let raw = unsafe { std::slice::from_raw_parts((header as *const EventHeader).cast::<u8>(), HEADER_LEN) };
         let mut v = raw.to_vec();
         v.extend_from_slice(payload);
         v
@@ -225,7 +223,12 @@ mod tests {
 
     #[test]
     fn trust_needs_root_and_a_root_owned_unwritable_executable() {
-        let mut h = EventHeader { kind: kind::START, task_flags: task_flags::INFO | task_flags::EXE, exe_mode: 0o100755, ..Default::default() };
+        let mut h = EventHeader {
+            kind: kind::START,
+            task_flags: task_flags::INFO | task_flags::EXE,
+            exe_mode: 0o100755,
+            ..Default::default()
+        };
         let rec = |h: &EventHeader| decode(&bytes(h, b"")).unwrap();
         assert!(rec(&h).trusted());
         h.euid = 1000;

@@ -20,8 +20,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut probes = loader::load(&args.libpam)?;
     let mut source = Source::new(&mut probes)?;
     let ctx = procinfo::host_context();
-    let mut assembler = Assembler::new(ctx.clone(), procinfo::ProcFs::default(), DEFAULT_CAPACITY);
-    let mut out = Output { format: args.format(), services: args.services, stdout: io::stdout().lock(), ctx };
+    let mut assembler = Assembler::new(ctx, procinfo::ProcFs::default(), DEFAULT_CAPACITY);
+    let mut out = Output { format: args.format(), services: args.services, stdout: io::stdout().lock() };
     info!(
         libpam = %probes.targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
         "Streaming login events."
@@ -59,7 +59,6 @@ struct Output<W> {
     format: Format,
     services: Vec<String>,
     stdout: W,
-    ctx: crate::session::HostContext,
 }
 
 /// Runs the batch through the assembler and writes the events. Returns false when stdout is gone.
@@ -97,7 +96,7 @@ fn report_lost<W: io::Write>(
     *reported = now;
     *evicted_reported = assembler.evicted;
     let lost = LostEvent {
-        time: format_time(crate::procinfo::unix_now_ns(&out.ctx)),
+        time: format_time(procinfo::unix_now_ns()),
         event: "events_lost",
         ring_full: delta.ring_full,
         inflight_full: delta.inflight_full,

@@ -70,7 +70,7 @@ pub fn pam_exit_start(ctx: RetProbeContext) -> u32 {
     };
     let key = HandleKey { tgid: owner, _pad: 0, handle };
     let state = HandleState { start_ns, owner_tgid: owner, _pad: 0 };
-    if HANDLES.insert(&key, &state, 0).is_err() {
+    if HANDLES.insert(key, state, 0).is_err() {
         count_lost(lost::HANDLES_FULL);
     }
     rec.read_user_str(args.a);
@@ -204,7 +204,7 @@ pub fn pam_enter_end(ctx: ProbeContext) -> u32 {
     // leaves the parent's session alone.
     let me = tgid();
     if owner == me {
-        let _ = HANDLES.remove(&HandleKey { tgid: me, _pad: 0, handle });
+        let _ = HANDLES.remove(HandleKey { tgid: me, _pad: 0, handle });
     }
     0
 }

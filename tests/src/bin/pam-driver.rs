@@ -1,0 +1,182 @@
+//! A PAM session driver: calls the real libpam (`pam_start`, `pam_set_item`, optionally
+//! `pam_authenticate`, `pam_open_session`, `pam_close_session`, `pam_end`) N times, from T threads,
+//! as fast as possible or at a target rate. libpam is loaded with dlopen, so `LD_LIBRARY_PATH`
+//! selects a private copy (which is how tests keep other PAM traffic out of their probes).
+
+use std::{
+    ffi::{c_char, c_int, c_void, CString},
+    os::unix::ffi::OsStrExt as _,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// PAM service (a file in /etc/pam.d).
+    #[arg(long)]
+    service: String,
+    /// User name passed to pam_start (any bytes).
+    #[arg(long)]
+    user: std::ffi::OsString,
+    #[arg(long)]
+    rhost: Option<std::ffi::OsString>,
+    #[arg(long)]
+    tty: Option<std::ffi::OsString>,
+    /// Sessions in all.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    #[arg(long, default_value_t = 1)]
+    threads: u64,
+    /// Target sessions per second over all threads; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Call pam_authenticate before opening the session.
+    #[arg(long)]
+    authenticate: bool,
+}
+
+const PAM_TTY: c_int = 3;
+const PAM_RHOST: c_int = 4;
+const PAM_CONV_ERR: c_int = 19;
+
+#[repr(C)]
+struct PamConv {
+    conv: extern "C" fn(c_int, *mut *const c_void, *mut *mut c_void, *mut c_void) -> c_int,
+    appdata: *mut c_void,
+}
+
+/// No module used with this driver converses; any attempt fails cleanly.
+extern "C" fn no_conversation(_: c_int, _: *mut *const c_void, _: *mut *mut c_void, _: *mut c_void) -> c_int {
+    PAM_CONV_ERR
+}
+
+type StartFn = unsafe extern "C" fn(*const c_char, *const c_char, *const PamConv, *mut *mut c_void) -> c_int;
+type SetItemFn = unsafe extern "C" fn(*mut c_void, c_int, *const c_void) -> c_int;
+type HandleFn = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
+
+struct Pam {
+    start: StartFn,
+    set_item: SetItemFn,
+    authenticate: HandleFn,
+    open: HandleFn,
+    close: HandleFn,
+    end: HandleFn,
+    _lib: libloading::Library,
+}
+
+impl Pam {
+    fn load() -> Result<Self, libloading::Error> {
+        // SAFETY: libpam's initialisers are safe to run; the symbols have the C signatures of
+        // <security/pam_appl.h>, declared above.
+        unsafe {
+            let lib = libloading::Library::new("libpam.so.0")?;
+            Ok(Self {
+                start: *lib.get::<StartFn>(b"pam_start\0")?,
+                set_item: *lib.get::<SetItemFn>(b"pam_set_item\0")?,
+                authenticate: *lib.get::<HandleFn>(b"pam_authenticate\0")?,
+                open: *lib.get::<HandleFn>(b"pam_open_session\0")?,
+                close: *lib.get::<HandleFn>(b"pam_close_session\0")?,
+                end: *lib.get::<HandleFn>(b"pam_end\0")?,
+                _lib: lib,
+            })
+        }
+    }
+
+    /// One whole session; returns false if any step failed.
+    fn session(&self, a: &Strings, authenticate: bool) -> bool {
+        let conv = PamConv { conv: no_conversation, appdata: std::ptr::null_mut() };
+        let mut h: *mut c_void = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; `h` is only used after pam_start succeeded
+        // and until pam_end.
+        unsafe {
+            if (self.start)(a.service.as_ptr(), a.user.as_ptr(), &conv, &mut h) != 0 {
+                return false;
+            }
+            let mut ok = true;
+            if let Some(rhost) = &a.rhost {
+                ok &= (self.set_item)(h, PAM_RHOST, rhost.as_ptr().cast()) == 0;
+            }
+            if let Some(tty) = &a.tty {
+                ok &= (self.set_item)(h, PAM_TTY, tty.as_ptr().cast()) == 0;
+            }
+            if authenticate {
+                ok &= (self.authenticate)(h, 0) == 0;
+            }
+            let opened = ok && (self.open)(h, 0) == 0;
+            if opened {
+                ok &= (self.close)(h, 0) == 0;
+            }
+            (self.end)(h, if opened && ok { 0 } else { 1 });
+            opened && ok
+        }
+    }
+}
+
+struct Strings {
+    service: CString,
+    user: CString,
+    rhost: Option<CString>,
+    tty: Option<CString>,
+}
+
+fn cstring(s: &std::ffi::OsStr) -> CString {
+    CString::new(s.as_bytes()).unwrap_or_else(|_| {
+        eprintln!("pam-driver: arguments cannot contain NUL bytes");
+        std::process::exit(2)
+    })
+}
+
+fn main() {
+    let args = Args::parse();
+    let pam = match Pam::load() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pam-driver: cannot load libpam.so.0: {e}; install libpam0g");
+            std::process::exit(2);
+        }
+    };
+    let strings = Strings {
+        service: cstring(args.service.as_ref()),
+        user: cstring(&args.user),
+        rhost: args.rhost.as_deref().map(cstring),
+        tty: args.tty.as_deref().map(cstring),
+    };
+    let threads = args.threads.max(1);
+    let per_thread_interval = (args.rate > 0).then(|| Duration::from_secs_f64(threads as f64 / args.rate as f64));
+    let begin = Instant::now();
+    let failures: u64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let n = args.count / threads + u64::from(t < args.count % threads);
+                let (pam, strings) = (&pam, &strings);
+                scope.spawn(move || {
+                    let start = Instant::now();
+                    let mut failed = 0;
+                    for i in 0..n {
+                        if let Some(interval) = per_thread_interval {
+                            let due = start + interval.mul_f64(i as f64);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                        failed += u64::from(!pam.session(strings, args.authenticate));
+                    }
+                    failed
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(u64::MAX)).sum()
+    });
+    let elapsed = begin.elapsed();
+    println!(
+        "sessions={} failures={} elapsed_ms={:.1} rate={:.0}/s",
+        args.count,
+        failures,
+        elapsed.as_secs_f64() * 1000.0,
+        args.count as f64 / elapsed.as_secs_f64()
+    );
+    if failures > 0 {
+        std::process::exit(1);
+    }
+}

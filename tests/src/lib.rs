@@ -1,0 +1,390 @@
+//! Harness for notifier's integration tests: RAII guards for everything a test creates (PAM service
+//! files, users, a private sshd, notifier itself), so that every test cleans up after itself even
+//! when it fails.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// True when the kernel tests can run. Without root they are skipped with a reason, except under
+/// `CI=true`, where a skip would hide a broken setup and so is a failure.
+pub fn kernel_tests_enabled() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    let reason = "kernel tests need root (to load eBPF, add users and PAM services)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}; CI must run them as root");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// A name no other test or run uses: `prefix` + pid + counter, short enough for useradd.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The notifier binary under test: `NOTIFIER_BIN` (set by `cargo xtask test`) or the release build.
+pub fn notifier_bin() -> PathBuf {
+    std::env::var_os("NOTIFIER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/notifier"))
+}
+
+/// Runs a command and returns its stdout, panicking with its stderr if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A scratch directory, removed on drop.
+pub struct Lab {
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("notifier-lab-"));
+        fs::create_dir_all(&dir).expect("creating lab dir");
+        Self { dir }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `/etc/pam.d/<name>` that permits everything, removed on drop.
+pub struct PamService {
+    pub name: String,
+    path: PathBuf,
+}
+
+impl PamService {
+    pub fn permit(prefix: &str) -> Self {
+        let name = unique(prefix);
+        let path = Path::new("/etc/pam.d").join(&name);
+        fs::write(
+            &path,
+            "auth required pam_permit.so\naccount required pam_permit.so\nsession required pam_permit.so\n",
+        )
+        .expect("writing PAM service");
+        Self { name, path }
+    }
+}
+
+impl Drop for PamService {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A local user with a home directory, removed (with the home) on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl TestUser {
+    pub fn new() -> Self {
+        let name = unique("ntu");
+        run(Command::new("useradd").args(["-m", "-s", "/bin/bash", &name]));
+        let id = |flag: &str| run(Command::new("id").args([flag, &name])).trim().parse().expect("numeric id");
+        let home = PathBuf::from(format!("/home/{name}"));
+        Self { uid: id("-u"), gid: id("-g"), name, home }
+    }
+
+    pub fn set_password(&self, password: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new("chpasswd").stdin(Stdio::piped()).spawn().expect("chpasswd");
+        writeln!(child.stdin.take().expect("stdin"), "{}:{password}", self.name).expect("writing to chpasswd");
+        assert!(child.wait().expect("chpasswd").success());
+    }
+
+    pub fn authorize_key(&self, pubkey: &Path) {
+        let ssh = self.home.join(".ssh");
+        let (uid, gid) = (self.uid.to_string(), self.gid.to_string());
+        run(Command::new("install").args(["-d", "-m", "700", "-o", &uid, "-g", &gid]).arg(&ssh));
+        run(Command::new("install")
+            .args(["-m", "600", "-o", &uid, "-g", &gid])
+            .arg(pubkey)
+            .arg(ssh.join("authorized_keys")));
+    }
+}
+
+impl Default for TestUser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        // Processes of the user (a lingering session) would make userdel fail.
+        let _ = Command::new("pkill").args(["-KILL", "-u", &self.name]).status();
+        let _ = Command::new("userdel").args(["-r", &self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+/// Sends SIGTERM, then SIGKILL after `grace`, and reaps the child.
+fn stop(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: kill with a pid we own (not yet reaped, so it cannot have been reused).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A running `notifier watch`, its stdout lines delivered through a channel.
+pub struct Notifier {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Notifier {
+    /// Starts `notifier watch ARGS` and waits until its probes are attached.
+    pub fn watch(args: &[&str]) -> Self {
+        let mut child = Command::new(notifier_bin())
+            .arg("watch")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting {}: {e} (build it with `cargo xtask build`)", notifier_bin().display())
+            });
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr");
+        let log = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("Streaming login events.") {
+                    let _ = ready_tx.send(());
+                }
+                log.lock().map(|mut l| l.push_str(&(line + "\n"))).ok();
+            }
+        });
+        let mut me = Self { child, lines, stderr };
+        if ready.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = me.child.try_wait();
+            panic!("notifier did not attach within 30 s ({status:?}); stderr:\n{}", me.stderr());
+        }
+        me
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The next stdout line, waiting at most `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Collects JSON events until `done` says the set is complete or `timeout` passes.
+    pub fn json_until(&self, timeout: Duration, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut events = Vec::new();
+        while !done(&events) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            let Some(line) = self.next_line(left) else { break };
+            let value: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("invalid JSON line {line:?}: {e}"));
+            events.push(value);
+        }
+        events
+    }
+
+    /// Lines until `timeout` passes with nothing new for `quiet`.
+    pub fn lines_until_quiet(&self, quiet: Duration, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        while Instant::now() < deadline {
+            match self.next_line(quiet) {
+                Some(line) => lines.push(line),
+                None => break,
+            }
+        }
+        lines
+    }
+
+    /// Stops notifier with SIGTERM and returns its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        stop(&mut self.child, Duration::from_secs(10));
+        self.child.wait().expect("reaping notifier")
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        stop(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// Events of one kind.
+pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+/// A private sshd on 127.0.0.1 and ::1, with its own host key and a client key for tests.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    pub lab: Lab,
+    pub client_key: PathBuf,
+}
+
+impl Sshd {
+    /// Starts `/usr/sbin/sshd -D` with `extra` config lines.
+    pub fn start(extra: &str) -> Self {
+        let lab = Lab::new();
+        fs::create_dir_all("/run/sshd").expect("privsep dir");
+        run(Command::new("chmod").args(["755", "/run/sshd"]));
+        for key in ["host_key", "client_key"] {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "notifier-test", "-f"])
+                .arg(lab.path(key)));
+        }
+        let port = free_port();
+        let config = lab.path("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nListenAddress [::1]:{port}\nHostKey {host_key}\nPidFile {pid}\n\
+                 UsePAM yes\nPubkeyAuthentication yes\nUseDNS no\nPrintMotd no\nLogLevel VERBOSE\n\
+                 AuthorizedKeysFile .ssh/authorized_keys\nKbdInteractiveAuthentication no\n{extra}\n",
+                host_key = lab.path("host_key").display(),
+                pid = lab.path("sshd.pid").display(),
+            ),
+        )
+        .expect("writing sshd_config");
+        let log = fs::File::create(lab.path("sshd.log")).expect("sshd log");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting /usr/sbin/sshd (install openssh-server: cargo xtask setup)");
+        let client_key = lab.path("client_key");
+        let sshd = Self { child, port, lab, client_key };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not listen on {port}: {}", sshd.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sshd
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.lab.path("sshd.log")).unwrap_or_default()
+    }
+
+    /// An ssh client command for `user@host`, bound to `bind` when given. `opts` come first, so
+    /// they win over the defaults (ssh keeps the first value given for an option).
+    pub fn ssh(&self, user: &str, host: &str, bind: Option<&str>, opts: &[&str]) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(opts)
+            .arg("-i")
+            .arg(&self.client_key)
+            .args(["-o", "StrictHostKeyChecking=no", "-o"])
+            .arg(format!("UserKnownHostsFile={}", self.lab.path("known_hosts").display()))
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .args(["-o", "KexAlgorithms=curve25519-sha256", "-p", &self.port.to_string()]);
+        if let Some(bind) = bind {
+            cmd.args(["-b", bind]);
+        }
+        cmd.arg(format!("{user}@{host}"));
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        stop(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The fingerprint `ssh-keygen -lf` prints for a public key file.
+pub fn ssh_keygen_fingerprint(pubkey: &Path) -> String {
+    let out = run(Command::new("ssh-keygen").arg("-lf").arg(pubkey));
+    out.split_whitespace().nth(1).expect("fingerprint field").to_string()
+}
+
+/// A private copy of the system libpam, so a test's probes see only its own PAM traffic.
+pub fn private_libpam(lab: &Lab) -> PathBuf {
+    let system =
+        ["/lib/x86_64-linux-gnu/libpam.so.0", "/usr/lib/x86_64-linux-gnu/libpam.so.0", "/usr/lib64/libpam.so.0"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .expect("system libpam (install libpam0g)");
+    let copy = lab.path("libpam.so.0");
+    fs::copy(system, &copy).expect("copying libpam");
+    copy
+}
