@@ -210,19 +210,13 @@ fn test(no_setup: bool, filter: Option<String>) -> Result<()> {
         "warnings",
     ]))?;
     println!("test: clippy (eBPF, nightly)");
-    check(cargo().args([
-        "+nightly",
-        "clippy",
-        "--package",
-        "notifier-ebpf",
-        "--release",
-        "--",
-        "-D",
-        "warnings",
-        "-C",
-        "panic=abort",
-        "-Zpanic_abort_tests",
-    ]))?;
+    // Through rustup: `$CARGO` is the stable toolchain's own cargo, which has no `+toolchain`.
+    check(
+        Command::new("rustup")
+            .current_dir(workspace_root())
+            .args(["run", "nightly", "cargo", "clippy", "--package", "notifier-ebpf", "--release", "--"])
+            .args(["-D", "warnings", "-C", "panic=abort", "-Zpanic_abort_tests"]),
+    )?;
     let bin = build()?;
     println!("test: unit tests");
     check(cargo().args([
