@@ -21,6 +21,16 @@ pub struct Cli {
 pub enum Command {
     /// Stream every PAM login event to stdout, as text lines or JSON Lines.
     Watch(WatchArgs),
+    /// The daemon: capture, enrich, classify and learn every login; write each with its verdict.
+    Run(crate::run::RunArgs),
+    /// Validate a config file and print the effective settings.
+    CheckConfig {
+        /// Config file [default: /etc/notifier/notifier.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show and edit the learned history and the allowlist (safe while the daemon runs).
+    Known(crate::known::KnownArgs),
 }
 
 #[derive(Debug, Args)]

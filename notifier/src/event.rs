@@ -51,6 +51,9 @@ pub struct LoginEvent {
     pub exe: Option<String>,
     /// Real uid of that process.
     pub caller_uid: u32,
+    /// Its parent's pid (for ancestry); not part of the event stream.
+    #[serde(skip)]
+    pub ppid: u32,
     /// The process (and every process that touched this PAM handle) ran as root from a root-owned
     /// executable. A login reported by anything else may be forged.
     pub trusted: bool,
@@ -251,6 +254,7 @@ mod tests {
             comm: "sshd-session".into(),
             exe: Some("/usr/lib/openssh/sshd-session".into()),
             caller_uid: 0,
+            ppid: 1,
             trusted: true,
             host: "web-1".into(),
             session: "0123456789abcdef".into(),

@@ -1,13 +1,19 @@
 //! notifier's userspace: the loader, the kernel event source, session assembly and output.
-//! Data flows one way: kernel -> `source` -> `session` -> `event` (stdout).
+//! Data flows one way: kernel -> `source` -> `session` -> `enrich` -> `policy` -> stdout.
 
 pub mod authinfo;
 pub mod btf;
 pub mod cli;
+pub mod config;
+pub mod enrich;
 pub mod event;
+pub mod known;
 pub mod loader;
 pub mod peer;
+pub mod policy;
 pub mod procinfo;
+pub mod run;
 pub mod session;
 pub mod source;
+pub mod state;
 pub mod watch;

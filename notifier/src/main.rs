@@ -19,6 +19,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Watch(args) => notifier::watch::run(args).await,
+            Command::Run(args) => notifier::run::run(args).await,
+            Command::CheckConfig { config } => notifier::known::check_config(config),
+            Command::Known(args) => notifier::known::run(args),
         }
     });
     match result {

@@ -209,6 +209,7 @@ impl<P: ProcessLookup> Assembler<P> {
             comm: bytes_to_text(rec.comm()),
             exe,
             caller_uid: rec.uid(),
+            ppid: h.ppid,
             trusted: !s.untrusted,
             host: self.ctx.host.clone(),
             session: s.id.clone(),

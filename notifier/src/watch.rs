@@ -10,18 +10,18 @@ use tracing::{info, warn};
 
 use crate::{
     cli::WatchArgs,
-    event::{self, Format, LostEvent},
+    event::{self, LostEvent},
     loader, procinfo,
     session::{format_time, Assembler, DEFAULT_CAPACITY},
     source::{LostCounts, Source},
 };
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let format = args.format();
     let mut probes = loader::load(&args.libpam)?;
     let mut source = Source::new(&mut probes)?;
-    let ctx = procinfo::host_context();
-    let mut assembler = Assembler::new(ctx, procinfo::ProcFs::default(), DEFAULT_CAPACITY);
-    let mut out = Output { format: args.format(), services: args.services, stdout: io::stdout().lock() };
+    let mut assembler = Assembler::new(procinfo::host_context(), procinfo::ProcFs::default(), DEFAULT_CAPACITY);
+    let mut stdout = io::stdout().lock();
     info!(
         libpam = %probes.targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
         "Streaming login events."
@@ -31,23 +31,36 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut records = Vec::with_capacity(256);
     let mut events = Vec::with_capacity(64);
-    let mut reported = LostCounts::default();
-    let mut evicted_reported = 0;
-    loop {
+    let mut losses = LossTracker::default();
+    let mut stopping = false;
+    while !stopping {
         tokio::select! {
             res = source.next_batch(&mut records) => res.context("reading the ring buffer")?,
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => stopping = true,
+            _ = sigint.recv() => stopping = true,
         }
-        if !process(&mut assembler, &mut records, &mut events, &mut out)? {
+        if stopping {
+            // Deliver what is already in the ring before exiting.
+            source.drain(&mut records);
+        }
+        for record in records.drain(..) {
+            assembler.push(&record, &mut events);
+        }
+        for e in events.drain(..) {
+            let wanted = args.services.is_empty() || e.service.as_ref().is_some_and(|s| args.services.contains(s));
+            if wanted && !write_ok(event::write_login(&mut stdout, format, &e))? {
+                return Ok(());
+            }
+        }
+        if let Some(lost) = losses.check(&source, assembler.evicted)? {
+            if !write_ok(event::write_lost(&mut stdout, format, &lost))? {
+                return Ok(());
+            }
+        }
+        if !write_ok(io::Write::flush(&mut stdout))? {
             return Ok(());
         }
-        report_lost(&source, &assembler, &mut reported, &mut evicted_reported, &mut out)?;
     }
-    // Deliver what is already in the ring before exiting.
-    source.drain(&mut records);
-    process(&mut assembler, &mut records, &mut events, &mut out)?;
-    report_lost(&source, &assembler, &mut reported, &mut evicted_reported, &mut out)?;
     if source.decode_errors > 0 {
         warn!(count = source.decode_errors, "Some kernel records could not be decoded.");
     }
@@ -55,66 +68,43 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Output<W> {
-    format: Format,
-    services: Vec<String>,
-    stdout: W,
+/// Turns the kernel's loss counters and the session table's evictions into `events_lost` events,
+/// each covering what was lost since the previous one.
+#[derive(Default)]
+pub struct LossTracker {
+    reported: LostCounts,
+    evicted: u64,
 }
 
-/// Runs the batch through the assembler and writes the events. Returns false when stdout is gone.
-fn process<W: io::Write>(
-    assembler: &mut Assembler<procinfo::ProcFs>,
-    records: &mut Vec<crate::source::Record>,
-    events: &mut Vec<event::LoginEvent>,
-    out: &mut Output<W>,
-) -> anyhow::Result<bool> {
-    for record in records.drain(..) {
-        assembler.push(&record, events);
-    }
-    for e in events.drain(..) {
-        let wanted = out.services.is_empty() || e.service.as_ref().is_some_and(|s| out.services.contains(s));
-        if wanted && !write_ok(event::write_login(&mut out.stdout, out.format, &e))? {
-            return Ok(false);
+impl LossTracker {
+    pub fn check(&mut self, source: &Source, evicted: u64) -> anyhow::Result<Option<LostEvent>> {
+        let now = source.lost_counts().context("reading the loss counters")?;
+        let delta = now.since(&self.reported);
+        let new_evicted = evicted - self.evicted;
+        if delta.total() == 0 && new_evicted == 0 {
+            return Ok(None);
         }
+        self.reported = now;
+        self.evicted = evicted;
+        let lost = LostEvent {
+            time: format_time(procinfo::unix_now_ns()),
+            event: "events_lost",
+            ring_full: delta.ring_full,
+            inflight_full: delta.inflight_full,
+            handles_full: delta.handles_full,
+            read_failed: delta.read_failed,
+            no_entry: delta.no_entry,
+            session_table_full: new_evicted,
+            lost: delta.total() + new_evicted,
+            total: now.total() + evicted,
+        };
+        warn!(lost = lost.lost, total = lost.total, "Events lost; see the events_lost line for causes.");
+        Ok(Some(lost))
     }
-    write_ok(out.stdout.flush())
-}
-
-fn report_lost<W: io::Write>(
-    source: &Source,
-    assembler: &Assembler<procinfo::ProcFs>,
-    reported: &mut LostCounts,
-    evicted_reported: &mut u64,
-    out: &mut Output<W>,
-) -> anyhow::Result<()> {
-    let now = source.lost_counts().context("reading the loss counters")?;
-    let delta = now.since(reported);
-    let evicted = assembler.evicted - *evicted_reported;
-    if delta.total() == 0 && evicted == 0 {
-        return Ok(());
-    }
-    *reported = now;
-    *evicted_reported = assembler.evicted;
-    let lost = LostEvent {
-        time: format_time(procinfo::unix_now_ns()),
-        event: "events_lost",
-        ring_full: delta.ring_full,
-        inflight_full: delta.inflight_full,
-        handles_full: delta.handles_full,
-        read_failed: delta.read_failed,
-        no_entry: delta.no_entry,
-        session_table_full: evicted,
-        lost: delta.total() + evicted,
-        total: now.total() + assembler.evicted,
-    };
-    warn!(lost = lost.lost, total = lost.total, "Events lost; see the events_lost line for causes.");
-    write_ok(event::write_lost(&mut out.stdout, out.format, &lost))?;
-    write_ok(out.stdout.flush())?;
-    Ok(())
 }
 
 /// A closed stdout (the reader went away) ends the program quietly; other errors are errors.
-fn write_ok(res: io::Result<()>) -> anyhow::Result<bool> {
+pub fn write_ok(res: io::Result<()>) -> anyhow::Result<bool> {
     match res {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),

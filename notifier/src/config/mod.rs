@@ -1,0 +1,416 @@
+//! Configuration: TOML in two layers. The raw serde structs reject unknown keys and fill
+//! documented defaults; [`Config::from_toml`] validates them into [`Config`]. `from_toml` is pure;
+//! only [`Config::load`] touches the filesystem (reading the file and checking that the databases
+//! it names exist). Every error names the key, the line and the fix.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Verdict;
+
+/// Where the daemon reads its configuration unless `--config` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/notifier/notifier.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    /// toml's message already names the line, the column and the offending key.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" {p}")).unwrap_or_default())]
+    Parse { path: Option<String>, message: String },
+    #[error("invalid config: {key} (line {line}): {reason}; {fix}")]
+    Invalid { key: String, line: usize, reason: String, fix: String },
+}
+
+/// An IP address or CIDR network, written as a string (`"203.0.113.7"`, `"10.0.0.0/8"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Network(pub IpNet);
+
+impl Network {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Self(net.trunc()));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Self(IpNet::from(crate::peer::canonical(ip))));
+        }
+        Err(format!("{s:?} is not an IP address or CIDR network (e.g. 10.0.0.0/8, 2001:db8::/32, 203.0.113.7)"))
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Network {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The file as written. Defaults are the values documented in packaging/config.example.toml.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Where the learned history lives.
+    pub state_dir: Option<PathBuf>,
+    /// Host name used in events; default: the kernel's host name.
+    pub host: Option<String>,
+    pub capture: RawCapture,
+    pub policy: RawPolicy,
+    pub brute_force: RawBruteForce,
+    pub geoip: RawGeoip,
+    pub rdns: RawRdns,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCapture {
+    /// libpam files to attach to; empty: find them.
+    pub libpam: Vec<PathBuf>,
+    /// Only these PAM services; empty: all.
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub known_networks: Vec<Network>,
+    pub alert_on: Vec<Verdict>,
+    pub learning_days: u32,
+    pub expire_days: u32,
+    pub users: BTreeMap<String, RawUserPolicy>,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        Self {
+            known_networks: Vec::new(),
+            // Everything but allowlisted and known.
+            alert_on: vec![
+                Verdict::FirstLogin,
+                Verdict::NewIp,
+                Verdict::NewNetwork,
+                Verdict::NewAsn,
+                Verdict::NewCountry,
+                Verdict::Local,
+                Verdict::Forged,
+                Verdict::BruteForce,
+            ],
+            learning_days: 0,
+            expire_days: 0,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUserPolicy {
+    pub known_networks: Vec<Network>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBruteForce {
+    pub failures: u32,
+    pub window_secs: u64,
+}
+
+impl Default for RawBruteForce {
+    fn default() -> Self {
+        Self { failures: 5, window_secs: 60 }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGeoip {
+    /// A GeoLite2/DB-IP Country or City database.
+    pub country_db: Option<toml::Spanned<PathBuf>>,
+    /// A GeoLite2/DB-IP ASN database.
+    pub asn_db: Option<toml::Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRdns {
+    pub enabled: bool,
+    pub servers: toml::Spanned<Vec<SocketAddr>>,
+    pub timeout_ms: u64,
+    pub cache_size: usize,
+}
+
+impl Default for RawRdns {
+    fn default() -> Self {
+        Self { enabled: false, servers: toml::Spanned::new(0..0, Vec::new()), timeout_ms: 1000, cache_size: 1024 }
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub host: Option<String>,
+    pub capture: Capture,
+    pub policy: Policy,
+    pub brute_force: BruteForce,
+    pub geoip: Geoip,
+    pub rdns: Rdns,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Capture {
+    pub libpam: Vec<PathBuf>,
+    pub services: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub known_networks: Vec<Network>,
+    pub alert_on: Vec<Verdict>,
+    pub learning_days: u32,
+    pub expire_days: u32,
+    pub users: BTreeMap<String, UserPolicy>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UserPolicy {
+    pub known_networks: Vec<Network>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BruteForce {
+    pub failures: u32,
+    pub window_secs: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Geoip {
+    pub country_db: Option<PathBuf>,
+    pub asn_db: Option<PathBuf>,
+    /// Lines of the keys in the file, for errors found when the files are opened.
+    #[serde(skip)]
+    pub lines: (usize, usize),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rdns {
+    pub enabled: bool,
+    pub servers: Vec<SocketAddr>,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    pub cache_size: usize,
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_toml("").unwrap_or_else(|_| unreachable!("the empty config is valid"))
+    }
+}
+
+/// 1-based line of byte offset `pos` in `text`.
+fn line_of(text: &str, pos: usize) -> usize {
+    text.as_bytes()[..pos.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+impl Config {
+    /// Parses and validates a config text. Pure: no file is read or checked.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: None, message: e.to_string() })?;
+        let invalid = |key: &str, span: std::ops::Range<usize>, reason: String, fix: &str| ConfigError::Invalid {
+            key: key.to_string(),
+            line: line_of(text, span.start),
+            reason,
+            fix: fix.to_string(),
+        };
+        if raw.brute_force.failures == 0 {
+            return Err(ConfigError::Invalid {
+                key: "brute_force.failures".into(),
+                line: text.lines().position(|l| l.trim_start().starts_with("failures")).map_or(0, |i| i + 1),
+                reason: "must be at least 1".into(),
+                fix: "set it to the number of failures that make an attack (default 5)".into(),
+            });
+        }
+        if raw.rdns.enabled && raw.rdns.servers.get_ref().is_empty() {
+            return Err(invalid(
+                "rdns.servers",
+                raw.rdns.servers.span(),
+                "reverse DNS is enabled but no server is listed".into(),
+                "list the DNS servers to ask, e.g. servers = [\"127.0.0.53:53\"], or set enabled = false",
+            ));
+        }
+        let span_line = |s: &Option<toml::Spanned<PathBuf>>| s.as_ref().map_or(0, |s| line_of(text, s.span().start));
+        Ok(Config {
+            state_dir: raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/notifier")),
+            host: raw.host,
+            capture: Capture { libpam: raw.capture.libpam, services: raw.capture.services },
+            policy: Policy {
+                known_networks: raw.policy.known_networks,
+                alert_on: raw.policy.alert_on,
+                learning_days: raw.policy.learning_days,
+                expire_days: raw.policy.expire_days,
+                users: raw
+                    .policy
+                    .users
+                    .into_iter()
+                    .map(|(u, p)| (u, UserPolicy { known_networks: p.known_networks }))
+                    .collect(),
+            },
+            brute_force: BruteForce { failures: raw.brute_force.failures, window_secs: raw.brute_force.window_secs },
+            geoip: Geoip {
+                lines: (span_line(&raw.geoip.country_db), span_line(&raw.geoip.asn_db)),
+                country_db: raw.geoip.country_db.map(toml::Spanned::into_inner),
+                asn_db: raw.geoip.asn_db.map(toml::Spanned::into_inner),
+            },
+            rdns: Rdns {
+                enabled: raw.rdns.enabled,
+                servers: raw.rdns.servers.into_inner(),
+                timeout: Duration::from_millis(raw.rdns.timeout_ms),
+                cache_size: raw.rdns.cache_size,
+            },
+        })
+    }
+
+    /// Reads, parses and validates `path`, and checks that the databases it names exist.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        let config = Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => {
+                ConfigError::Parse { path: Some(path.display().to_string()), message }
+            }
+            other => other,
+        })?;
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// The databases named in the config exist and are readable.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let dbs = [
+            ("geoip.country_db", &self.geoip.country_db, self.geoip.lines.0),
+            ("geoip.asn_db", &self.geoip.asn_db, self.geoip.lines.1),
+        ];
+        for (key, path, line) in dbs {
+            if let Some(path) = path {
+                if let Err(e) = std::fs::File::open(path) {
+                    return Err(ConfigError::Invalid {
+                        key: key.into(),
+                        line,
+                        reason: format!("cannot open {}: {e}", path.display()),
+                        fix: "give the path of a MaxMind-format .mmdb file (GeoLite2 or DB-IP lite), or remove the key"
+                            .into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective settings, as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_documented_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/notifier"));
+        assert_eq!(c.brute_force, BruteForce { failures: 5, window_secs: 60 });
+        assert!(!c.rdns.enabled);
+        assert_eq!(c.rdns.timeout, Duration::from_millis(1000));
+        assert!(!c.policy.alert_on.contains(&Verdict::Known));
+        assert!(!c.policy.alert_on.contains(&Verdict::Allowlisted));
+        assert!(c.policy.alert_on.contains(&Verdict::FirstLogin));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../packaging/config.example.toml");
+        let c = Config::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c, Config::default(), "the example documents the defaults");
+    }
+
+    #[test]
+    fn networks_and_users() {
+        let c = Config::from_toml(
+            "[policy]\nknown_networks = [\"10.0.0.0/8\", \"2001:db8::/32\", \"203.0.113.7\", \"::ffff:198.51.100.1\"]\n\
+             [policy.users.alice]\nknown_networks = [\"198.51.100.0/24\"]\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = c.policy.known_networks.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "2001:db8::/32", "203.0.113.7/32", "198.51.100.1/32"]);
+        assert!(c.policy.users["alice"].known_networks[0].contains(&"198.51.100.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let cases: &[(&str, &[&str])] = &[
+            ("[policy]\nkown_networks = []\n", &["line 2", "kown_networks", "known_networks"]),
+            ("[policy]\nknown_networks = [\"10.0.0/8\"]\n", &["line 2", "10.0.0/8", "not an IP address or CIDR"]),
+            ("[policy]\nalert_on = [\"new_planet\"]\n", &["line 2", "new_planet"]),
+            ("[rdns]\nenabled = true\n", &["rdns.servers", "no server"]),
+            ("[brute_force]\nfailures = 0\n", &["brute_force.failures", "line 2"]),
+            ("colour = \"red\"\n", &["line 1", "colour"]),
+        ];
+        for (text, wants) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            for want in *wants {
+                assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_mmdb_names_key_path_and_line() {
+        let c = Config::from_toml("# geo\n[geoip]\ncountry_db = \"/nonexistent/GeoLite2-Country.mmdb\"\n").unwrap();
+        let err = c.check_files().unwrap_err().to_string();
+        assert!(err.contains("geoip.country_db (line 3)"), "{err}");
+        assert!(err.contains("/nonexistent/GeoLite2-Country.mmdb"), "{err}");
+    }
+
+    #[test]
+    fn effective_settings_round_trip_as_toml() {
+        let c = Config::from_toml("[policy]\nknown_networks = [\"10.0.0.0/8\"]\n").unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("10.0.0.0/8"), "{text}");
+    }
+}

@@ -1,0 +1,202 @@
+//! Decides whether a login's source is known: the allowlists (config and `notifier known add`),
+//! then the learned history. Pure functions over plain data.
+
+pub mod bruteforce;
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config,
+    state::history::{network_of, History},
+};
+
+/// What notifier concluded about a login (or an attack).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The peer is in an allowlisted network.
+    Allowlisted,
+    /// This user has logged in from this IP before.
+    Known,
+    /// A new IP, on a network this user has used before.
+    NewIp,
+    /// A new /24 (IPv4) or /64 (IPv6) network for this user.
+    NewNetwork,
+    /// A new autonomous system for this user (needs an ASN database).
+    NewAsn,
+    /// A new country for this user (needs a country database).
+    NewCountry,
+    /// The first login seen for this user.
+    FirstLogin,
+    /// No remote peer: console, su, sudo.
+    Local,
+    /// Started by an untrusted process: the values may be forged.
+    Forged,
+    /// Repeated authentication failures from one IP.
+    BruteForce,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowlisted => "allowlisted",
+            Self::Known => "known",
+            Self::NewIp => "new_ip",
+            Self::NewNetwork => "new_network",
+            Self::NewAsn => "new_asn",
+            Self::NewCountry => "new_country",
+            Self::FirstLogin => "first_login",
+            Self::Local => "local",
+            Self::Forged => "forged",
+            Self::BruteForce => "brute_force",
+        }
+    }
+
+    /// Verdicts that mean the source was not seen before for this user.
+    pub fn is_new(self) -> bool {
+        matches!(self, Self::NewIp | Self::NewNetwork | Self::NewAsn | Self::NewCountry | Self::FirstLogin)
+    }
+}
+
+/// The facts about one login that the policy looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts<'a> {
+    pub user: &'a str,
+    pub ip: Option<IpAddr>,
+    pub trusted: bool,
+    pub asn: Option<u32>,
+    pub country: Option<&'a str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// One sentence naming what was (or was not) new.
+    pub reason: String,
+    /// The verdict is one the config alerts on, and the learning period is over.
+    pub alert: bool,
+    /// Still in the learning period: no alert whatever the verdict.
+    pub learning: bool,
+}
+
+/// Classifies one login. `now` is Unix seconds.
+pub fn decide(policy: &config::Policy, history: &History, facts: &Facts<'_>, now: i64) -> Decision {
+    let (verdict, reason) = classify(policy, history, facts);
+    let learning = policy.learning_days > 0 && now < history.created + i64::from(policy.learning_days) * 86_400;
+    Decision { verdict, reason, alert: !learning && policy.alert_on.contains(&verdict), learning }
+}
+
+fn classify(policy: &config::Policy, history: &History, f: &Facts<'_>) -> (Verdict, String) {
+    let user = f.user;
+    if !f.trusted {
+        return (
+            Verdict::Forged,
+            "the PAM caller is not a root process running a root-owned program, so its values may be forged".into(),
+        );
+    }
+    let Some(ip) = f.ip else {
+        return (Verdict::Local, format!("local login for {user} (no remote peer)"));
+    };
+    let allow = policy
+        .known_networks
+        .iter()
+        .chain(policy.users.get(user).into_iter().flat_map(|u| u.known_networks.iter()))
+        .chain(history.allow.global.iter())
+        .chain(history.allow.users.get(user).into_iter().flatten());
+    for net in allow {
+        if net.contains(&ip) {
+            return (Verdict::Allowlisted, format!("{ip} is in allowlisted network {net}"));
+        }
+    }
+    let Some(seen) = history.users.get(user) else {
+        return (Verdict::FirstLogin, format!("first login seen for {user}, from {ip}"));
+    };
+    if let Some(s) = seen.ips.get(&ip.to_string()) {
+        return (Verdict::Known, format!("{user} has logged in from {ip} {} time(s) before", s.count));
+    }
+    if let Some(country) = f.country {
+        if !seen.countries.is_empty() && !seen.countries.contains_key(country) {
+            let before: Vec<&str> = seen.countries.keys().map(String::as_str).collect();
+            return (
+                Verdict::NewCountry,
+                format!("new country {country} for {user} (seen before: {})", before.join(", ")),
+            );
+        }
+    }
+    if let Some(asn) = f.asn {
+        if !seen.asns.is_empty() && !seen.asns.contains_key(&format!("AS{asn}")) {
+            return (Verdict::NewAsn, format!("new network operator AS{asn} for {user}, from {ip}"));
+        }
+    }
+    let net = network_of(ip);
+    if !seen.networks.contains_key(&net.to_string()) {
+        return (Verdict::NewNetwork, format!("new network {net} for {user}, from {ip}"));
+    }
+    (Verdict::NewIp, format!("new IP {ip} for {user}, on known network {net}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::history::Sighting;
+
+    fn policy(text: &str) -> config::Policy {
+        config::Config::from_toml(text).unwrap().policy
+    }
+
+    fn facts<'a>(ip: Option<&str>, country: Option<&'a str>, asn: Option<u32>) -> Facts<'a> {
+        Facts { user: "alice", ip: ip.map(|i| i.parse().unwrap()), trusted: true, asn, country }
+    }
+
+    #[test]
+    fn verdict_table() {
+        let p = policy(
+            "[policy]\nknown_networks = [\"127.0.0.1/32\"]\n[policy.users.alice]\nknown_networks = [\"10.9.0.0/16\"]\n",
+        );
+        let mut h = History::default();
+        h.record(
+            &Sighting { user: "alice", ip: "198.51.100.7".parse().unwrap(), asn: Some(64500), country: Some("NZ") },
+            10,
+        );
+        h.allow.users.insert("alice".into(), vec!["100.64.0.128/25".parse().unwrap()]);
+        let cases: &[(Facts<'_>, Verdict, &str)] = &[
+            (facts(Some("127.0.0.1"), None, None), Verdict::Allowlisted, "127.0.0.1/32"),
+            (facts(Some("10.9.8.7"), None, None), Verdict::Allowlisted, "10.9.0.0/16"),
+            (facts(Some("100.64.0.200"), None, None), Verdict::Allowlisted, "100.64.0.128/25"),
+            (facts(Some("198.51.100.7"), Some("NZ"), Some(64500)), Verdict::Known, "1 time(s)"),
+            (facts(Some("198.51.100.8"), Some("NZ"), Some(64500)), Verdict::NewIp, "198.51.100.0/24"),
+            (facts(Some("203.0.113.9"), Some("NZ"), Some(64500)), Verdict::NewNetwork, "203.0.113.0/24"),
+            (facts(Some("203.0.113.9"), Some("NZ"), Some(64501)), Verdict::NewAsn, "AS64501"),
+            (
+                facts(Some("203.0.113.9"), Some("US"), Some(64501)),
+                Verdict::NewCountry,
+                "new country US for alice (seen before: NZ)",
+            ),
+            (facts(None, None, None), Verdict::Local, "no remote peer"),
+            (
+                Facts { user: "bob", ..facts(Some("198.51.100.7"), None, None) },
+                Verdict::FirstLogin,
+                "first login seen for bob",
+            ),
+            (Facts { trusted: false, ..facts(Some("203.0.113.9"), None, None) }, Verdict::Forged, "forged"),
+        ];
+        for (f, want, reason) in cases {
+            let d = decide(&p, &h, f, 20);
+            assert_eq!(d.verdict, *want, "{f:?}: {}", d.reason);
+            assert!(d.reason.contains(reason), "{f:?}: {:?} lacks {reason:?}", d.reason);
+            assert_eq!(d.alert, !matches!(want, Verdict::Allowlisted | Verdict::Known), "{want:?}");
+        }
+    }
+
+    #[test]
+    fn learning_period_silences_alerts() {
+        let p = policy("[policy]\nlearning_days = 2\n");
+        let h = History { created: 1000, ..History::default() };
+        let d = decide(&p, &h, &facts(Some("203.0.113.1"), None, None), 1000 + 86_400);
+        assert_eq!((d.verdict, d.alert, d.learning), (Verdict::FirstLogin, false, true));
+        let d = decide(&p, &h, &facts(Some("203.0.113.1"), None, None), 1000 + 2 * 86_400);
+        assert_eq!((d.alert, d.learning), (true, false));
+    }
+}

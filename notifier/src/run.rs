@@ -1,0 +1,357 @@
+//! `notifier run`: the daemon. It captures logins like `watch`, then enriches each one (GeoIP, ASN,
+//! process ancestry, reverse DNS), classifies it against the allowlists and the learned history,
+//! learns from it, and writes it with its verdict and reason to stdout.
+//!
+//! Order of work per batch of kernel records: assemble events, enrich synchronously, decide and
+//! learn under the history lock, persist (fsync) the history, and only then queue the events for
+//! output. So a login that was reported is always in the history file, even after `kill -9`.
+//! Reverse DNS runs concurrently per event with its own timeout; output stays in order, and no
+//! event waits longer than the timeout for a lookup that started when it arrived.
+
+use std::{future::Future, io, net::IpAddr, path::PathBuf, pin::Pin};
+
+use anyhow::Context as _;
+use futures_util::{stream::FuturesOrdered, StreamExt as _};
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::{
+    config::{self, Config},
+    enrich::{
+        geo::{Asn, Geo, GeoDb},
+        process::{self, Ancestor},
+        rdns::Rdns,
+    },
+    event::{self, escape_text, EventKind, Format, LoginEvent, LostEvent},
+    loader,
+    policy::{self, bruteforce, Decision, Facts, Verdict},
+    procinfo,
+    session::{Assembler, DEFAULT_CAPACITY},
+    source::Source,
+    state::history::{Sighting, Store},
+    watch::{write_ok, LossTracker},
+};
+
+/// A login event with what the daemon added.
+#[derive(Clone, Debug, Serialize)]
+pub struct Judged {
+    #[serde(flatten)]
+    pub login: LoginEvent,
+    /// For `session_open`: the policy's verdict; null for other events.
+    pub verdict: Option<Verdict>,
+    pub reason: Option<String>,
+    /// This event would raise an alert.
+    pub alert: bool,
+    /// Learning period: verdicts are computed but nothing alerts.
+    pub learning: bool,
+    pub geo: Option<Geo>,
+    pub asn: Option<Asn>,
+    pub rdns: Option<String>,
+    /// For logins without a peer (sudo, su, console): the calling process's parents.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
+    /// Authentication failures from the same IP shortly before this login.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures_before: Option<usize>,
+}
+
+/// Repeated authentication failures from one IP.
+#[derive(Clone, Debug, Serialize)]
+pub struct BruteForceEvent {
+    pub time: String,
+    pub event: &'static str,
+    pub ip: IpAddr,
+    pub count: usize,
+    pub users: Vec<String>,
+    pub window_secs: u64,
+    pub verdict: Verdict,
+    pub alert: bool,
+    pub geo: Option<Geo>,
+    pub asn: Option<Asn>,
+    pub host: String,
+}
+
+/// One line of output.
+#[derive(Debug)]
+pub enum Output {
+    Login(Box<Judged>),
+    BruteForce(BruteForceEvent),
+    Lost(LostEvent),
+}
+
+pub fn write(w: &mut impl io::Write, format: Format, out: &Output) -> io::Result<()> {
+    match (out, format) {
+        (Output::Lost(l), _) => event::write_lost(w, format, l),
+        (Output::Login(j), Format::Json) => {
+            serde_json::to_writer(&mut *w, j)?;
+            w.write_all(b"\n")
+        }
+        (Output::BruteForce(b), Format::Json) => {
+            serde_json::to_writer(&mut *w, b)?;
+            w.write_all(b"\n")
+        }
+        (Output::Login(j), Format::Text) => writeln!(w, "{}", text_line(j)),
+        (Output::BruteForce(b), Format::Text) => writeln!(
+            w,
+            "{} brute_force ip={} failures={} window={}s users={}{}",
+            b.time,
+            b.ip,
+            b.count,
+            b.window_secs,
+            escape_text(&b.users.join(",")),
+            if b.alert { " alert=yes" } else { "" }
+        ),
+    }
+}
+
+fn text_line(j: &Judged) -> String {
+    let mut line = event::text_line(&j.login);
+    if let Some(country) = j.geo.as_ref().and_then(|g| g.country.as_deref()) {
+        line.push_str(&format!(" country={}", escape_text(country)));
+    }
+    if let Some(asn) = &j.asn {
+        line.push_str(&format!(" asn=AS{}", asn.number));
+    }
+    if let Some(name) = &j.rdns {
+        line.push_str(&format!(" rdns={}", escape_text(name)));
+    }
+    if let Some(n) = j.failures_before {
+        line.push_str(&format!(" failures_before={n}"));
+    }
+    if let Some(v) = j.verdict {
+        line.push_str(&format!(" verdict={}", v.as_str()));
+        if j.alert {
+            line.push_str(" alert=yes");
+        }
+        if j.learning {
+            line.push_str(" learning=yes");
+        }
+    }
+    if let Some(reason) = &j.reason {
+        // Last, after " -- ", so that it may keep its spaces.
+        line.push_str(" -- ");
+        line.push_str(&reason.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>());
+    }
+    line
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Config file [default: /etc/notifier/notifier.toml, or built-in defaults if it does not exist].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON Lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads `--config`, or the default file if it exists, or the defaults.
+pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => {
+            let default = std::path::Path::new(config::DEFAULT_PATH);
+            if default.exists() {
+                Ok(Config::load(default)?)
+            } else {
+                info!(path = config::DEFAULT_PATH, "No config file; using the defaults.");
+                Ok(Config::default())
+            }
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    (procinfo::unix_now_ns() / 1_000_000_000) as i64
+}
+
+type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = Output>>>>;
+
+/// The daemon's state between batches.
+struct Daemon {
+    config: Config,
+    geo: GeoDb,
+    rdns: Option<Rdns>,
+    store: Store,
+    brute: bruteforce::Detector,
+    host: String,
+}
+
+impl Daemon {
+    /// Enriches, judges, learns and persists one batch of events; returns them in order.
+    fn judge(&mut self, events: Vec<LoginEvent>) -> anyhow::Result<Vec<Output>> {
+        let now = unix_now();
+        let mut judged: Vec<Judged> = events
+            .into_iter()
+            .filter(|e| {
+                self.config.capture.services.is_empty()
+                    || e.service.as_ref().is_some_and(|s| self.config.capture.services.contains(s))
+            })
+            .map(|login| {
+                let ip = login.peer.map(|p| p.ip);
+                let geo = ip.and_then(|ip| self.geo.geo(ip));
+                let asn = ip.and_then(|ip| self.geo.asn(ip));
+                let ancestry = match (ip, login.event) {
+                    (None, EventKind::SessionOpen | EventKind::AuthSuccess | EventKind::AuthFailure) => {
+                        process::ancestry(login.ppid)
+                    }
+                    _ => Vec::new(),
+                };
+                Judged {
+                    login,
+                    verdict: None,
+                    reason: None,
+                    alert: false,
+                    learning: false,
+                    geo,
+                    asn,
+                    rdns: None,
+                    ancestry,
+                    failures_before: None,
+                }
+            })
+            .collect();
+
+        // Decide and learn under the lock, on the newest history, then persist before output.
+        if judged.iter().any(|j| j.login.event == EventKind::SessionOpen) {
+            let policy = &self.config.policy;
+            self.store
+                .update(|history| {
+                    for j in judged.iter_mut().filter(|j| j.login.event == EventKind::SessionOpen) {
+                        let user = j.login.user.as_deref().unwrap_or("");
+                        let facts = Facts {
+                            user,
+                            ip: j.login.peer.map(|p| p.ip),
+                            trusted: j.login.trusted,
+                            asn: j.asn.as_ref().map(|a| a.number),
+                            country: j.geo.as_ref().and_then(|g| g.country.as_deref()),
+                        };
+                        let Decision { verdict, reason, alert, learning } =
+                            policy::decide(policy, history, &facts, now);
+                        if let (Some(ip), true) = (facts.ip, facts.trusted) {
+                            history.record(&Sighting { user, ip, asn: facts.asn, country: facts.country }, now);
+                        }
+                        (j.verdict, j.reason, j.alert, j.learning) = (Some(verdict), Some(reason), alert, learning);
+                    }
+                    history.expire(now, policy.expire_days);
+                })
+                .context("saving the login history")?;
+        }
+
+        let mut out = Vec::with_capacity(judged.len());
+        for mut j in judged {
+            let ip = j.login.peer.map(|p| p.ip).filter(|_| j.login.trusted);
+            let ts_ms = now * 1000;
+            let mut attack = None;
+            match (j.login.event, ip) {
+                (EventKind::AuthFailure, Some(ip)) => {
+                    attack = self.brute.failure(ip, j.login.user.as_deref(), ts_ms);
+                }
+                (EventKind::SessionOpen, Some(ip)) => {
+                    let n = self.brute.success(ip, ts_ms);
+                    j.failures_before = (n > 0).then_some(n);
+                }
+                _ => {}
+            }
+            let time = j.login.time.clone();
+            out.push(Output::Login(Box::new(j)));
+            if let Some(a) = attack {
+                out.push(Output::BruteForce(BruteForceEvent {
+                    time,
+                    event: "brute_force",
+                    geo: self.geo.geo(a.ip),
+                    asn: self.geo.asn(a.ip),
+                    ip: a.ip,
+                    count: a.count,
+                    users: a.users,
+                    window_secs: self.config.brute_force.window_secs,
+                    verdict: Verdict::BruteForce,
+                    alert: self.config.policy.alert_on.contains(&Verdict::BruteForce),
+                    host: self.host.clone(),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queues an output, with a reverse-DNS lookup first when one is due.
+    fn queue(&self, pending: &mut Pending, out: Output) {
+        match (out, &self.rdns) {
+            (Output::Login(mut j), Some(rdns)) if j.login.peer.is_some() => {
+                let rdns = rdns.clone();
+                let ip = j.login.peer.map(|p| p.ip);
+                pending.push_back(Box::pin(async move {
+                    if let Some(ip) = ip {
+                        j.rdns = rdns.lookup(ip).await;
+                    }
+                    Output::Login(j)
+                }));
+            }
+            (out, _) => pending.push_back(Box::pin(std::future::ready(out))),
+        }
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let format = if args.json { Format::Json } else { Format::Text };
+    let config = load_config(args.config.as_deref())?;
+    let geo = GeoDb::open(&config.geoip)?;
+    if geo.is_empty() {
+        info!("GeoIP enrichment is off: no geoip.country_db or geoip.asn_db in the config.");
+    }
+    let store = Store::open(&config.state_dir, unix_now())?;
+    let mut ctx = procinfo::host_context();
+    if let Some(host) = &config.host {
+        ctx.host.clone_from(host);
+    }
+    let mut daemon = Daemon {
+        rdns: Rdns::new(&config.rdns),
+        brute: bruteforce::Detector::new(config.brute_force.failures, config.brute_force.window_secs),
+        host: ctx.host.clone(),
+        geo,
+        store,
+        config,
+    };
+    let mut probes = loader::load(&daemon.config.capture.libpam)?;
+    let mut source = Source::new(&mut probes)?;
+    let mut assembler = Assembler::new(ctx, procinfo::ProcFs::default(), DEFAULT_CAPACITY);
+    info!(history = %daemon.store.path().display(), "Streaming login events.");
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut stdout = io::stdout().lock();
+    let mut records = Vec::with_capacity(256);
+    let mut pending: Pending = FuturesOrdered::new();
+    let mut losses = LossTracker::default();
+    let mut stopping = false;
+    while !stopping || !pending.is_empty() {
+        tokio::select! {
+            biased;
+            Some(out) = pending.next(), if !pending.is_empty() => {
+                if !write_ok(write(&mut stdout, format, &out).and_then(|()| io::Write::flush(&mut stdout)))? {
+                    return Ok(());
+                }
+                continue;
+            }
+            res = source.next_batch(&mut records), if !stopping => res.context("reading the ring buffer")?,
+            _ = sigterm.recv(), if !stopping => { stopping = true; source.drain(&mut records); }
+            _ = sigint.recv(), if !stopping => { stopping = true; source.drain(&mut records); }
+        }
+        let mut events = Vec::new();
+        for record in records.drain(..) {
+            assembler.push(&record, &mut events);
+        }
+        for out in daemon.judge(events)? {
+            daemon.queue(&mut pending, out);
+        }
+        if let Some(lost) = losses.check(&source, assembler.evicted)? {
+            daemon.queue(&mut pending, Output::Lost(lost));
+        }
+    }
+    if source.decode_errors > 0 {
+        warn!(count = source.decode_errors, "Some kernel records could not be decoded.");
+    }
+    info!("Stopped; probes detached.");
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! Durable state: the learned login history.
+pub mod history;
