@@ -187,8 +187,17 @@ pub struct Notifier {
 impl Notifier {
     /// Starts `notifier watch ARGS` and waits until its probes are attached.
     pub fn watch(args: &[&str]) -> Self {
+        Self::start(&[&["watch"], args].concat())
+    }
+
+    /// Starts `notifier run --config CONFIG --json` and waits until its probes are attached.
+    pub fn run(config: &Path) -> Self {
+        Self::start(&["run", "--json", "--config", config.to_str().expect("UTF-8 path")])
+    }
+
+    /// Starts `notifier ARGS` and waits until its probes are attached.
+    pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(notifier_bin())
-            .arg("watch")
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -261,6 +270,12 @@ impl Notifier {
             }
         }
         lines
+    }
+
+    /// Kills notifier with SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stops notifier with SIGTERM and returns its exit status.
@@ -387,4 +402,213 @@ pub fn private_libpam(lab: &Lab) -> PathBuf {
     let copy = lab.path("libpam.so.0");
     fs::copy(system, &copy).expect("copying libpam");
     copy
+}
+
+/// A DNS server on 127.0.0.1 for tests: answers PTR queries from a table, or never answers at all.
+pub struct DnsServer {
+    pub port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DnsServer {
+    /// Answers `PTR` queries for the addresses in `names`; NXDOMAIN for others.
+    pub fn answering(names: &[(std::net::IpAddr, &str)]) -> Self {
+        Self::spawn(Some(names.iter().map(|(ip, n)| (reverse_name(*ip), n.to_string())).collect()))
+    }
+
+    /// Receives queries and never answers.
+    pub fn silent() -> Self {
+        Self::spawn(None)
+    }
+
+    fn spawn(names: Option<Vec<(String, String)>>) -> Self {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding the test DNS server");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let port = socket.local_addr().expect("addr").port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                let Some(names) = &names else { continue };
+                if let Some(reply) = dns_reply(&buf[..n], names) {
+                    let _ = socket.send_to(&reply, from);
+                }
+            }
+        });
+        Self { port, stop }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `7.100.51.198.in-addr.arpa` / nibble form for IPv6.
+fn reverse_name(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut s: Vec<String> =
+                v6.octets().iter().flat_map(|b| [b & 0xf, b >> 4]).rev().map(|n| format!("{n:x}")).collect();
+            s.reverse();
+            format!("{}.ip6.arpa", s.join("."))
+        }
+    }
+}
+
+/// Builds the answer to one DNS query (RFC 1035 wire format).
+fn dns_reply(query: &[u8], names: &[(String, String)]) -> Option<Vec<u8>> {
+    if query.len() < 12 {
+        return None;
+    }
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *query.get(pos)? as usize;
+        pos += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(pos..pos + len)?).to_lowercase());
+        pos += len;
+    }
+    let question_end = pos + 4;
+    let qtype = u16::from_be_bytes([*query.get(pos)?, *query.get(pos + 1)?]);
+    let qname = labels.join(".");
+    let answer = names.iter().find(|(q, _)| *q == qname).map(|(_, n)| n).filter(|_| qtype == 12);
+    let mut r = Vec::with_capacity(128);
+    r.extend_from_slice(&query[..2]); // id
+    r.extend_from_slice(&[0x81, if answer.is_some() { 0x80 } else { 0x83 }]); // response, RA, NOERROR/NXDOMAIN
+    r.extend_from_slice(&[0, 1, 0, u8::from(answer.is_some()), 0, 0, 0, 0]);
+    r.extend_from_slice(query.get(12..question_end)?);
+    if let Some(name) = answer {
+        r.extend_from_slice(&[0xc0, 12, 0, 12, 0, 1, 0, 0, 0, 60]); // pointer to qname, PTR, IN, TTL 60
+        let mut rdata = Vec::new();
+        for label in name.trim_end_matches('.').split('.') {
+            rdata.push(label.len() as u8);
+            rdata.extend_from_slice(label.as_bytes());
+        }
+        rdata.push(0);
+        r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        r.extend_from_slice(&rdata);
+    }
+    Some(r)
+}
+
+/// A value in a MaxMind DB data section.
+pub enum MmdbValue {
+    Str(&'static str),
+    U16(u16),
+    U32(u32),
+    U64(u64),
+    Map(Vec<(&'static str, MmdbValue)>),
+    Array(Vec<MmdbValue>),
+}
+
+fn mmdb_control(out: &mut Vec<u8>, kind: u8, size: usize) {
+    assert!(size < 285, "test values are small");
+    let (low, extra) = if size < 29 { (size as u8, None) } else { (29, Some((size - 29) as u8)) };
+    if kind <= 7 {
+        out.push(kind << 5 | low);
+    } else {
+        out.push(low);
+        out.push(kind - 7);
+    }
+    out.extend(extra);
+}
+
+/// An unsigned integer of `kind`, in as few big-endian bytes as it needs.
+fn mmdb_uint(out: &mut Vec<u8>, kind: u8, be: &[u8]) {
+    let bytes: Vec<u8> = be.iter().copied().skip_while(|&b| b == 0).collect();
+    mmdb_control(out, kind, bytes.len());
+    out.extend_from_slice(&bytes);
+}
+
+fn mmdb_encode(out: &mut Vec<u8>, v: &MmdbValue) {
+    match v {
+        MmdbValue::Str(s) => {
+            mmdb_control(out, 2, s.len());
+            out.extend_from_slice(s.as_bytes());
+        }
+        MmdbValue::U16(n) => mmdb_uint(out, 5, &n.to_be_bytes()),
+        MmdbValue::U32(n) => mmdb_uint(out, 6, &n.to_be_bytes()),
+        MmdbValue::U64(n) => mmdb_uint(out, 9, &n.to_be_bytes()),
+        MmdbValue::Array(items) => {
+            mmdb_control(out, 11, items.len());
+            for item in items {
+                mmdb_encode(out, item);
+            }
+        }
+        MmdbValue::Map(entries) => {
+            mmdb_control(out, 7, entries.len());
+            for (k, v) in entries {
+                mmdb_encode(out, &MmdbValue::Str(k));
+                mmdb_encode(out, v);
+            }
+        }
+    }
+}
+
+/// Writes a MaxMind DB (format 2.0, IPv4 search tree, 32-bit records) mapping IPv4 networks to
+/// records, for tests. Networks must not overlap.
+pub fn write_mmdb(path: &Path, database_type: &'static str, networks: &[(&str, MmdbValue)]) {
+    // Binary trie over the network bits; node 0 is the root. Records: node index, or the data marker.
+    const EMPTY: u32 = u32::MAX;
+    let mut nodes: Vec<[u32; 2]> = vec![[EMPTY, EMPTY]];
+    let mut data = Vec::new();
+    let mut leaves: Vec<(usize, usize, usize)> = Vec::new(); // (node, side, data offset)
+    for (cidr, value) in networks {
+        let (addr, prefix) = cidr.split_once('/').expect("CIDR");
+        let addr: std::net::Ipv4Addr = addr.parse().expect("IPv4");
+        let bits = u32::from(addr);
+        let prefix: usize = prefix.parse().expect("prefix");
+        let offset = data.len();
+        mmdb_encode(&mut data, value);
+        let mut node = 0;
+        for i in 0..prefix {
+            let side = ((bits >> (31 - i)) & 1) as usize;
+            if i + 1 == prefix {
+                leaves.push((node, side, offset));
+            } else {
+                if nodes[node][side] == EMPTY {
+                    nodes.push([EMPTY, EMPTY]);
+                    nodes[node][side] = (nodes.len() - 1) as u32;
+                }
+                node = nodes[node][side] as usize;
+            }
+        }
+    }
+    let count = nodes.len() as u32;
+    for (node, side, offset) in leaves {
+        nodes[node][side] = count + 16 + offset as u32;
+    }
+    let mut out = Vec::new();
+    for n in &nodes {
+        for r in n {
+            out.extend_from_slice(&(if *r == EMPTY { count } else { *r }).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&[0u8; 16]);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(b"\xab\xcd\xefMaxMind.com");
+    let metadata = MmdbValue::Map(vec![
+        ("binary_format_major_version", MmdbValue::U16(2)),
+        ("binary_format_minor_version", MmdbValue::U16(0)),
+        ("build_epoch", MmdbValue::U64(1_700_000_000)),
+        ("database_type", MmdbValue::Str(database_type)),
+        ("description", MmdbValue::Map(vec![("en", MmdbValue::Str("notifier test database"))])),
+        ("ip_version", MmdbValue::U16(4)),
+        ("languages", MmdbValue::Array(vec![MmdbValue::Str("en")])),
+        ("node_count", MmdbValue::U32(count)),
+        ("record_size", MmdbValue::U16(32)),
+    ]);
+    mmdb_encode(&mut out, &metadata);
+    fs::write(path, out).expect("writing mmdb");
 }

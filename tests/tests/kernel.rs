@@ -13,15 +13,18 @@ use std::{
 
 use notifier_tests::*;
 
+#[path = "kernel/daemon.rs"]
+mod daemon;
+
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The PAM load driver built from this crate.
-fn pam_driver() -> &'static str {
+pub(crate) fn pam_driver() -> &'static str {
     env!("CARGO_BIN_EXE_pam-driver")
 }
 
 /// Reads JSON events for `user` until one of kind `kind` arrives; returns it and its arrival time.
-fn wait_for(n: &Notifier, user: &str, kind: &str) -> (Value, Instant) {
+pub(crate) fn wait_for(n: &Notifier, user: &str, kind: &str) -> (Value, Instant) {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
