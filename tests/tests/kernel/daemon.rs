@@ -79,8 +79,17 @@ fn run_allowlisted_then_new_then_known_and_still_known_after_restart() {
     ssh_login(&sshd, &user.name, "127.0.0.44");
     let (e, _) = wait_for(&n, &user.name, "session_open");
     assert_eq!(e["verdict"], "known", "still known after a restart: {e}");
-    let seen = &d.known_json()["users"][&user.name]["ips"]["127.0.0.44"];
-    assert_eq!(seen["count"], 3, "{seen}");
+    // The CLI edits the history while the daemon runs; neither loses the other's updates.
+    run(Command::new(notifier_bin())
+        .args(["known", "add", "--user", &user.name, "127.0.0.45/32", "--config"])
+        .arg(&d.config));
+    ssh_login(&sshd, &user.name, "127.0.0.45");
+    let (e, _) = wait_for(&n, &user.name, "session_open");
+    assert_eq!(e["verdict"], "allowlisted", "{e}");
+    let history = d.known_json();
+    assert_eq!(history["users"][&user.name]["ips"]["127.0.0.44"]["count"], 3, "{history}");
+    assert_eq!(history["users"][&user.name]["ips"]["127.0.0.45"]["count"], 1, "{history}");
+    assert_eq!(history["allow"]["users"][&user.name], serde_json::json!(["127.0.0.45/32"]), "{history}");
 }
 
 #[test]
@@ -227,6 +236,26 @@ fn six_wrong_passwords_give_one_brute_force_event() {
     assert_eq!(brute[0]["users"], serde_json::json!([user.name]));
     assert_eq!(brute[0]["verdict"], "brute_force");
     assert_eq!(brute[0]["alert"], true);
+
+    // The right password from the same address: the login is flagged with the failures before it.
+    let mut ssh = sshd.ssh(
+        &user.name,
+        "127.0.0.1",
+        Some("127.0.0.66"),
+        &["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"],
+    );
+    ssh.arg("true");
+    let status = Command::new("sshpass")
+        .args(["-p", "Correct-horse-battery-7"])
+        .arg(ssh.get_program())
+        .args(ssh.get_args())
+        .stdin(Stdio::null())
+        .status()
+        .expect("sshpass");
+    assert!(status.success(), "login with the right password failed; sshd log:\n{}", sshd.log());
+    let (open, _) = wait_for(&n, &user.name, "session_open");
+    assert_eq!(open["failures_before"], 6, "{open}");
+    assert_eq!(open["auth"]["method"], "password", "{open}");
 }
 
 #[test]
