@@ -29,6 +29,15 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Send a sample alert through every sink (or one) and report each result.
+    TestAlert {
+        /// Config file [default: /etc/notifier/notifier.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Only this sink.
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+    },
     /// Show and edit the learned history and the allowlist (safe while the daemon runs).
     Known(crate::known::KnownArgs),
 }

@@ -1,6 +1,7 @@
 //! notifier's userspace: the loader, the kernel event source, session assembly and output.
 //! Data flows one way: kernel -> `source` -> `session` -> `enrich` -> `policy` -> stdout.
 
+pub mod alert;
 pub mod authinfo;
 pub mod btf;
 pub mod cli;

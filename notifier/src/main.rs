@@ -22,6 +22,14 @@ fn main() -> ExitCode {
             Command::Run(args) => notifier::run::run(args).await,
             Command::CheckConfig { config } => notifier::known::check_config(config),
             Command::Known(args) => notifier::known::run(args),
+            Command::TestAlert { config, sink } => {
+                let config = notifier::run::load_config(config.as_deref())?;
+                if notifier::alert::test_alert(&config, sink.as_deref()).await? {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("some sinks failed; see above"))
+                }
+            }
         }
     });
     match result {

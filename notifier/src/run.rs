@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
+    alert::{self, dispatch::Dispatcher, Alert, AlertKind},
     config::{self, Config},
     enrich::{
         geo::{Asn, Geo, GeoDb},
@@ -134,6 +135,68 @@ fn text_line(j: &Judged) -> String {
         line.push_str(&reason.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>());
     }
     line
+}
+
+impl Judged {
+    /// The alert for this event.
+    pub fn alert(&self) -> Alert {
+        let l = &self.login;
+        let auth = l.auth.as_ref();
+        Alert {
+            id: format!("{}-{}", l.session, l.event.as_str()),
+            time: l.time.clone(),
+            kind: AlertKind::Login,
+            verdict: self.verdict,
+            host: l.host.clone(),
+            user: l.user.clone(),
+            service: l.service.clone(),
+            ip: l.peer.map(|p| p.ip),
+            port: l.peer.and_then(|p| p.port),
+            tty: l.tty.clone(),
+            method: auth.and_then(|a| a.method.clone()),
+            key_type: auth.and_then(|a| a.key_type.clone()),
+            fingerprint: auth.and_then(|a| a.fingerprint.clone()),
+            country: self.geo.as_ref().and_then(|g| g.country.clone()),
+            city: self.geo.as_ref().and_then(|g| g.city.clone()),
+            asn: self.asn.as_ref().map(|a| a.number),
+            asn_org: self.asn.as_ref().and_then(|a| a.org.clone()),
+            rdns: self.rdns.clone(),
+            pam_type: Some(
+                match l.event {
+                    EventKind::SessionOpen => "open_session",
+                    EventKind::SessionClose => "close_session",
+                    EventKind::AuthSuccess | EventKind::AuthFailure => "auth",
+                }
+                .into(),
+            ),
+            reason: self.reason.clone().unwrap_or_default(),
+            event: serde_json::to_value(self).unwrap_or_default(),
+        }
+    }
+}
+
+impl BruteForceEvent {
+    pub fn alert(&self) -> Alert {
+        let mut a = alert::internal_alert(
+            AlertKind::BruteForce,
+            &self.host,
+            format!(
+                "{} failed logins from {} within {} s (users tried: {})",
+                self.count,
+                self.ip,
+                self.window_secs,
+                self.users.join(", ")
+            ),
+        );
+        a.id = format!("brute-{}-{}", self.ip, self.time);
+        a.verdict = Some(Verdict::BruteForce);
+        a.ip = Some(self.ip);
+        a.time.clone_from(&self.time);
+        a.country = self.geo.as_ref().and_then(|g| g.country.clone());
+        a.asn = self.asn.as_ref().map(|x| x.number);
+        a.event = serde_json::to_value(self).unwrap_or_default();
+        a
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -313,7 +376,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         store,
         config,
     };
-    let mut probes = loader::load(&daemon.config.capture.libpam)?;
+    let mut dispatcher =
+        Dispatcher::start(&daemon.config.sinks, &daemon.config.alerts, &daemon.config.state_dir, daemon.host.clone())?;
+    if dispatcher.is_empty() {
+        info!("No [[sink]] configured: alerts are only marked in the output.");
+    }
+    let health = daemon.config.alerts.clone();
+    let mut probes = match loader::load(&daemon.config.capture.libpam) {
+        Ok(p) => p,
+        Err(e) => {
+            if health.health_attach && !dispatcher.is_empty() {
+                let text = format!("notifier could not start watching logins: {e}");
+                dispatcher.submit(alert::internal_alert(AlertKind::Health, &daemon.host, text));
+                dispatcher.shutdown(std::time::Duration::from_secs(10)).await;
+            }
+            return Err(e.into());
+        }
+    };
     let mut source = Source::new(&mut probes)?;
     let mut assembler = Assembler::new(ctx, procinfo::ProcFs::default(), DEFAULT_CAPACITY);
     info!(history = %daemon.store.path().display(), "Streaming login events.");
@@ -325,9 +404,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut pending: Pending = FuturesOrdered::new();
     let mut losses = LossTracker::default();
     let mut stopping = false;
+    let mut failing_reported = std::collections::BTreeSet::new();
     while !stopping || !pending.is_empty() {
+        let summary_due = dispatcher.summary_due();
         tokio::select! {
             biased;
+            _ = tokio::time::sleep_until(summary_due.unwrap_or_else(std::time::Instant::now).into()), if summary_due.is_some() => {
+                dispatcher.roll();
+                continue;
+            }
+            Some(h) = dispatcher.health.recv() => {
+                let threshold = health.health_sink_failing;
+                if !threshold.is_zero() && h.failing_for >= threshold && failing_reported.insert(h.sink.clone()) {
+                    let text = format!("alert sink {} has been failing for {} s: {}", h.sink, h.failing_for.as_secs(), h.last_error);
+                    dispatcher.submit(alert::internal_alert(AlertKind::Health, &daemon.host, text));
+                }
+                continue;
+            }
             Some(out) = pending.next(), if !pending.is_empty() => {
                 if !write_ok(write(&mut stdout, format, &out).and_then(|()| io::Write::flush(&mut stdout)))? {
                     return Ok(());
@@ -343,12 +436,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             assembler.push(&record, &mut events);
         }
         for out in daemon.judge(events)? {
+            match &out {
+                Output::Login(j) if j.alert => dispatcher.submit(j.alert()),
+                Output::BruteForce(b) if b.alert => dispatcher.submit(b.alert()),
+                _ => {}
+            }
             daemon.queue(&mut pending, out);
         }
         if let Some(lost) = losses.check(&source, assembler.evicted)? {
+            if health.health_events_lost {
+                let text = format!(
+                    "{} login event(s) were lost in the kernel or the session table ({} in all)",
+                    lost.lost, lost.total
+                );
+                dispatcher.submit(alert::internal_alert(AlertKind::Health, &daemon.host, text));
+            }
             daemon.queue(&mut pending, Output::Lost(lost));
         }
     }
+    if health.health_stopping {
+        dispatcher.submit(alert::internal_alert(
+            AlertKind::Health,
+            &daemon.host,
+            "notifier is stopping: logins are no longer watched".into(),
+        ));
+    }
+    // Give pending alerts a moment; what is left stays spooled for the next start.
+    dispatcher.shutdown(std::time::Duration::from_secs(5)).await;
     if source.decode_errors > 0 {
         warn!(count = source.decode_errors, "Some kernel records could not be decoded.");
     }

@@ -13,6 +13,8 @@ use std::{
 
 use notifier_tests::*;
 
+#[path = "kernel/alerts.rs"]
+mod alerts;
 #[path = "kernel/daemon.rs"]
 mod daemon;
 

@@ -66,8 +66,10 @@ fn main() -> ExitCode {
 const LLVM_MAJOR: &str = "22";
 /// Debian packages needed to build: LLVM for bpf-linker.
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev"];
-/// Debian packages the integration tests drive: real sshd, ssh, sshpass, pamtester, setpriv.
-const TEST_PACKAGES: &[&str] = &["openssh-server", "openssh-client", "sshpass", "pamtester", "util-linux"];
+/// Debian packages the integration tests drive: real sshd, ssh, sshpass, pamtester, setpriv, and
+/// aiosmtpd (a real SMTP server).
+const TEST_PACKAGES: &[&str] =
+    &["openssh-server", "openssh-client", "sshpass", "pamtester", "util-linux", "python3-aiosmtpd"];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))

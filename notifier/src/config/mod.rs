@@ -14,7 +14,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Verdict;
+use crate::{alert::sink::RawSink, policy::Verdict};
 
 /// Where the daemon reads its configuration unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/notifier/notifier.toml";
@@ -86,6 +86,39 @@ pub struct RawConfig {
     pub brute_force: RawBruteForce,
     pub geoip: RawGeoip,
     pub rdns: RawRdns,
+    pub alerts: RawAlerts,
+    /// `[[sink]]` tables: where alerts go.
+    pub sink: Vec<RawSink>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAlerts {
+    pub cooldown_secs: u64,
+    pub max_per_minute: u32,
+    pub retry_initial_ms: u64,
+    pub retry_max_secs: u64,
+    pub max_age_hours: u64,
+    pub health_attach: bool,
+    pub health_events_lost: bool,
+    pub health_sink_failing_secs: u64,
+    pub health_stopping: bool,
+}
+
+impl Default for RawAlerts {
+    fn default() -> Self {
+        Self {
+            cooldown_secs: 600,
+            max_per_minute: 10,
+            retry_initial_ms: 1000,
+            retry_max_secs: 300,
+            max_age_hours: 24,
+            health_attach: true,
+            health_events_lost: true,
+            health_sink_failing_secs: 600,
+            health_stopping: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -182,6 +215,33 @@ pub struct Config {
     pub brute_force: BruteForce,
     pub geoip: Geoip,
     pub rdns: Rdns,
+    pub alerts: Alerts,
+    #[serde(rename = "sink")]
+    pub sinks: Vec<RawSink>,
+}
+
+/// Rate limits and retries of alert delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Alerts {
+    /// No second alert for the same user and source within this time.
+    #[serde(with = "millis")]
+    pub cooldown: Duration,
+    /// At most this many alerts per minute; the rest are summarised.
+    pub max_per_minute: u32,
+    #[serde(with = "millis")]
+    pub retry_initial: Duration,
+    #[serde(with = "millis")]
+    pub retry_max: Duration,
+    /// An alert not delivered after this long goes to the dead-letter file.
+    #[serde(with = "millis")]
+    pub max_age: Duration,
+    /// Health alerts: probes failed to attach; events lost in the kernel; a sink failing for longer
+    /// than this (zero: never); the daemon stopping.
+    pub health_attach: bool,
+    pub health_events_lost: bool,
+    #[serde(with = "millis")]
+    pub health_sink_failing: Duration,
+    pub health_stopping: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -272,6 +332,33 @@ impl Config {
                 "list the DNS servers to ask, e.g. servers = [\"127.0.0.53:53\"], or set enabled = false",
             ));
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, sink) in raw.sink.iter().enumerate() {
+            let key = format!("sink[{i}] ({:?})", sink.name);
+            let line = text.match_indices("[[sink]]").nth(i).map_or(0, |(pos, _)| line_of(text, pos));
+            if !names.insert(sink.name.clone()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    line,
+                    reason: "another sink has the same name".into(),
+                    fix: "give each [[sink]] its own name".into(),
+                });
+            }
+            sink.validate().map_err(|reason| ConfigError::Invalid {
+                key,
+                line,
+                reason,
+                fix: "see the [[sink]] examples in packaging/config.example.toml".into(),
+            })?;
+        }
+        if raw.alerts.max_per_minute == 0 {
+            return Err(ConfigError::Invalid {
+                key: "alerts.max_per_minute".into(),
+                line: text.lines().position(|l| l.trim_start().starts_with("max_per_minute")).map_or(0, |i| i + 1),
+                reason: "must be at least 1".into(),
+                fix: "set the most alerts per minute (default 10)".into(),
+            });
+        }
         let span_line = |s: &Option<toml::Spanned<PathBuf>>| s.as_ref().map_or(0, |s| line_of(text, s.span().start));
         Ok(Config {
             state_dir: raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/notifier")),
@@ -301,6 +388,18 @@ impl Config {
                 timeout: Duration::from_millis(raw.rdns.timeout_ms),
                 cache_size: raw.rdns.cache_size,
             },
+            alerts: Alerts {
+                cooldown: Duration::from_secs(raw.alerts.cooldown_secs),
+                max_per_minute: raw.alerts.max_per_minute,
+                retry_initial: Duration::from_millis(raw.alerts.retry_initial_ms.max(10)),
+                retry_max: Duration::from_secs(raw.alerts.retry_max_secs.max(1)),
+                max_age: Duration::from_secs(raw.alerts.max_age_hours.saturating_mul(3600)),
+                health_attach: raw.alerts.health_attach,
+                health_events_lost: raw.alerts.health_events_lost,
+                health_sink_failing: Duration::from_secs(raw.alerts.health_sink_failing_secs),
+                health_stopping: raw.alerts.health_stopping,
+            },
+            sinks: raw.sink,
         })
     }
 
@@ -389,6 +488,11 @@ mod tests {
             ("[policy]\nalert_on = [\"new_planet\"]\n", &["line 2", "new_planet"]),
             ("[rdns]\nenabled = true\n", &["rdns.servers", "no server"]),
             ("[brute_force]\nfailures = 0\n", &["brute_force.failures", "line 2"]),
+            (
+                "[[sink]]\nname = \"p\"\ntype = \"pushover\"\ntoken = \"t\"\n",
+                &["sink[0]", "line 1", "missing key `user_key`"],
+            ),
+            ("[[sink]]\nname = \"x\"\ntype = \"carrier_pigeon\"\n", &["line 3", "carrier_pigeon"]),
             ("colour = \"red\"\n", &["line 1", "colour"]),
         ];
         for (text, wants) in cases {

@@ -19,6 +19,7 @@ struct Args {
     /// User name passed to pam_start (any bytes).
     #[arg(long)]
     user: std::ffi::OsString,
+    /// PAM_RHOST; `{i}` is replaced by the session's number (1, 2, …), e.g. `198.51.100.{i}`.
     #[arg(long)]
     rhost: Option<std::ffi::OsString>,
     #[arg(long)]
@@ -120,6 +121,25 @@ struct Strings {
     tty: Option<CString>,
 }
 
+/// The rhost of session `n`: the template with `{i}` replaced.
+fn numbered(template: &std::ffi::OsStr, n: u64) -> CString {
+    let bytes = template.as_bytes();
+    match bytes.windows(3).position(|w| w == b"{i}") {
+        Some(at) => {
+            let mut v = bytes[..at].to_vec();
+            v.extend_from_slice(n.to_string().as_bytes());
+            v.extend_from_slice(&bytes[at + 3..]);
+            CString::new(v).unwrap_or_else(|_| std::process::exit(2))
+        }
+        None => cstring(template),
+    }
+}
+
+/// The 1-based number of session `i` of thread `t` among `threads`.
+fn t_index(t: u64, i: u64, threads: u64) -> u64 {
+    i * threads + t + 1
+}
+
 fn cstring(s: &std::ffi::OsStr) -> CString {
     CString::new(s.as_bytes()).unwrap_or_else(|_| {
         eprintln!("pam-driver: arguments cannot contain NUL bytes");
@@ -148,8 +168,9 @@ fn main() {
     let failures: u64 = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
+                let t_id = t;
                 let n = args.count / threads + u64::from(t < args.count % threads);
-                let (pam, strings) = (&pam, &strings);
+                let (pam, strings, template) = (&pam, &strings, args.rhost.as_deref());
                 scope.spawn(move || {
                     let start = Instant::now();
                     let mut failed = 0;
@@ -160,6 +181,19 @@ fn main() {
                                 std::thread::sleep(wait);
                             }
                         }
+                        let numbered_rhost;
+                        let strings = match template {
+                            Some(t) if t.as_bytes().windows(3).any(|w| w == b"{i}") => {
+                                numbered_rhost = Strings {
+                                    service: strings.service.clone(),
+                                    user: strings.user.clone(),
+                                    rhost: Some(numbered(t, t_index(t_id, i, threads))),
+                                    tty: strings.tty.clone(),
+                                };
+                                &numbered_rhost
+                            }
+                            _ => strings,
+                        };
                         failed += u64::from(!pam.session(strings, args.authenticate));
                     }
                     failed

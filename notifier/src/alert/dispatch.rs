@@ -1,0 +1,137 @@
+//! The dispatcher: filters alerts by each sink's `when`, applies the rate limits, writes each alert
+//! to the spool of every sink that takes it, and wakes that sink's task. Submitting never waits for
+//! the network: the daemon's event loop calls it between batches.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::{
+    ratelimit::{self, Limiter},
+    sink::{spool_dir, RawSink, Sink, When},
+    spool::{self, now_ms, Entry, RetryPolicy, SinkHealth, Spool},
+    Alert, AlertKind,
+};
+use crate::config::Alerts;
+
+struct Handle {
+    name: String,
+    when: When,
+    spool: Spool,
+    tx: mpsc::Sender<Entry>,
+}
+
+pub struct Dispatcher {
+    sinks: Vec<Handle>,
+    limiter: Limiter,
+    per_minute: u32,
+    host: String,
+    /// Reports from sink tasks about failing deliveries.
+    pub health: mpsc::UnboundedReceiver<SinkHealth>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The HTTP client shared by the HTTP sinks.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("notifier/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
+}
+
+impl Dispatcher {
+    /// Builds every sink and starts its delivery task (which first delivers what a previous run
+    /// left in its spool).
+    pub fn start(sinks: &[RawSink], alerts: &Alerts, state_dir: &Path, host: String) -> anyhow::Result<Self> {
+        let client = http_client()?;
+        let policy =
+            RetryPolicy { initial: alerts.retry_initial, max_delay: alerts.retry_max, max_age: alerts.max_age };
+        let (health_tx, health) = mpsc::unbounded_channel();
+        let mut handles = Vec::new();
+        let mut tasks = Vec::new();
+        for raw in sinks {
+            let sink = Sink::build(raw, &client).map_err(|e| anyhow::anyhow!("sink {:?}: {e}", raw.name))?;
+            let spool = Spool::open(spool_dir(state_dir, &raw.name), state_dir)
+                .with_context(|| format!("opening the spool of sink {:?}", raw.name))?;
+            let (tx, rx) = mpsc::channel(1024);
+            tasks.push(tokio::spawn(spool::deliver(
+                raw.name.clone(),
+                Arc::new(sink),
+                spool.clone(),
+                policy,
+                rx,
+                health_tx.clone(),
+            )));
+            handles.push(Handle { name: raw.name.clone(), when: raw.when.clone(), spool, tx });
+        }
+        Ok(Self {
+            sinks: handles,
+            limiter: Limiter::new(alerts.cooldown, alerts.max_per_minute, Instant::now()),
+            per_minute: alerts.max_per_minute,
+            host,
+            health,
+            tasks,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// Rate-limits, spools and hands `alert` to every sink that takes it.
+    pub fn submit(&mut self, alert: Alert) {
+        if self.sinks.is_empty() {
+            return;
+        }
+        if matches!(alert.kind, AlertKind::Login | AlertKind::BruteForce) {
+            match self.limiter.check(&alert, Instant::now()) {
+                ratelimit::Verdict::Send => {}
+                held => {
+                    tracing::debug!(alert = %alert.id, ?held, "Alert held back by the rate limit; it will be summarised.");
+                    return;
+                }
+            }
+        }
+        let now = now_ms();
+        for sink in self.sinks.iter().filter(|s| s.when.matches(&alert)) {
+            let entry = Entry { alert: alert.clone(), attempts: 0, spooled_ms: now, next_ms: now, last_error: None };
+            if let Err(e) = sink.spool.put(&entry) {
+                warn!(sink = %sink.name, error = %e, "Cannot write the alert to the spool; trying delivery anyway.");
+            }
+            if sink.tx.try_send(entry).is_err() {
+                warn!(sink = %sink.name, "Sink queue full; the alert stays in the spool and is sent after the next restart.");
+            }
+        }
+    }
+
+    /// When the rate-limit summary is due, if anything was held.
+    pub fn summary_due(&self) -> Option<Instant> {
+        self.limiter.summary_due()
+    }
+
+    /// Sends the summary of what was held back, if the window is over.
+    pub fn roll(&mut self) {
+        if let Some(held) = self.limiter.roll(Instant::now()) {
+            let text = ratelimit::summary_text(&held, self.per_minute);
+            warn!(held = held.total(), "Alerts were held back by the rate limit; sending a summary.");
+            let alert = super::internal_alert(AlertKind::Summary, &self.host, text);
+            self.submit(alert);
+        }
+    }
+
+    /// Stops taking alerts and gives the sinks `grace` to deliver what is pending; the rest stays
+    /// in the spools for the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        drop(self.sinks);
+        let all = futures_util::future::join_all(self.tasks);
+        let _ = tokio::time::timeout(grace, all).await;
+    }
+}

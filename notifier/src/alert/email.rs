@@ -1,0 +1,100 @@
+//! The email sink: SMTP through lettre, plain, STARTTLS or implicit TLS, with optional
+//! authentication and several recipients. Header values are built by lettre, and the subject is
+//! stripped of control characters first, so a user name with CRLF cannot add a header.
+
+use std::time::Duration;
+
+use lettre::{
+    message::{header::ContentType, Mailbox},
+    transport::smtp::authentication::Credentials,
+    AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
+};
+
+use super::{
+    message::Templates,
+    sink::{RawSink, SinkError, Tls},
+    Alert,
+};
+
+pub struct EmailSink {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+    templates: Templates,
+}
+
+impl EmailSink {
+    pub fn build(raw: &RawSink, templates: Templates) -> Result<Self, String> {
+        let server = raw.server.clone().ok_or("missing key `server`")?;
+        let tls = raw.tls.unwrap_or_default();
+        let mut builder = match tls {
+            Tls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server.as_str()),
+            Tls::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&server).map_err(|e| format!("`server`: {e}"))?
+            }
+            Tls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&server).map_err(|e| format!("`server`: {e}"))?,
+        };
+        let default_port = match tls {
+            Tls::None => 25,
+            Tls::Starttls => 587,
+            Tls::Tls => 465,
+        };
+        builder = builder.port(raw.port.unwrap_or(default_port)).timeout(Some(Duration::from_secs(20)));
+        if let Some(user) = &raw.username {
+            let password = raw
+                .password
+                .as_ref()
+                .ok_or("`username` needs `password`")?
+                .resolve()
+                .map_err(|e| format!("`password`: {e}"))?;
+            builder = builder.credentials(Credentials::new(user.clone(), password.0));
+        }
+        let mailbox = |key: &str, s: &str| {
+            s.parse::<Mailbox>().map_err(|e| format!("`{key}`: {s:?} is not an email address: {e}"))
+        };
+        let from = mailbox("from", raw.from.as_deref().ok_or("missing key `from`")?)?;
+        let to = raw.to.clone().unwrap_or_default().iter().map(|t| mailbox("to", t)).collect::<Result<Vec<_>, _>>()?;
+        if to.is_empty() {
+            return Err("`to` lists no recipient".into());
+        }
+        Ok(Self { transport: builder.build(), from, to, templates })
+    }
+
+    pub async fn send(&self, alert: &Alert) -> Result<(), SinkError> {
+        let msg = self.templates.render(alert);
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(one_line(&msg.title))
+            .message_id(Some(format!(
+                "<{}@notifier>",
+                alert.id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "")
+            )))
+            .header(ContentType::TEXT_PLAIN);
+        for to in &self.to {
+            builder = builder.to(to.clone());
+        }
+        let message = builder.body(msg.body).map_err(|e| SinkError::Permanent(format!("building the email: {e}")))?;
+        self.transport.send(message).await.map(|_| ()).map_err(|e| {
+            if e.is_permanent() {
+                SinkError::Permanent(format!("SMTP: {e}"))
+            } else {
+                SinkError::Transient(format!("SMTP: {e}"))
+            }
+        })
+    }
+}
+
+/// A header value on one line: control characters (CR, LF, …) become visible escapes.
+pub fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_cannot_carry_a_header() {
+        assert_eq!(one_line("evil\r\nBcc: x@example.com"), "evil\\r\\nBcc: x@example.com");
+    }
+}

@@ -1,0 +1,240 @@
+//! The durable spool, and the delivery task of one sink.
+//!
+//! Each sink has a directory `state_dir/spool/<sink>` with one file per pending alert, written
+//! (fsync, rename, fsync the directory) before delivery is first tried, and removed only after the
+//! sink confirms. At start the task loads what a previous run left. A transient failure is retried
+//! with exponential backoff and jitter until `max_age`; a permanent failure, or an alert older than
+//! `max_age`, goes to `state_dir/dead-letter.jsonl` and is logged once.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{
+    sink::{Sink, SinkError},
+    Alert,
+};
+
+/// One pending delivery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub alert: Alert,
+    pub attempts: u32,
+    /// Unix milliseconds when the alert was spooled.
+    pub spooled_ms: i64,
+    /// Unix milliseconds of the next attempt.
+    pub next_ms: i64,
+    pub last_error: Option<String>,
+}
+
+/// Backoff and expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max_delay: Duration,
+    pub max_age: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `attempts + 1`: initial × 2^attempts, capped, ±20 % jitter.
+    pub fn delay(&self, attempts: u32, seed: u64) -> Duration {
+        let base = self.initial.saturating_mul(1u32 << attempts.min(20)).min(self.max_delay);
+        // Jitter from a hash of the seed: enough to spread retries, no RNG needed.
+        let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+        let factor = 0.8 + 0.4 * (mixed % 1000) as f64 / 1000.0;
+        base.mul_f64(factor)
+    }
+}
+
+pub fn now_ms() -> i64 {
+    (crate::procinfo::unix_now_ns() / 1_000_000) as i64
+}
+
+/// The spool directory of one sink.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    dead_letter: PathBuf,
+}
+
+impl Spool {
+    pub fn open(dir: PathBuf, state_dir: &Path) -> io::Result<Self> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        Ok(Self { dir, dead_letter: state_dir.join("dead-letter.jsonl") })
+    }
+
+    fn file(&self, id: &str) -> PathBuf {
+        let safe: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        self.dir.join(format!("{safe}.json"))
+    }
+
+    /// Writes `entry` durably.
+    pub fn put(&self, entry: &Entry) -> io::Result<()> {
+        let path = self.file(&entry.alert.id);
+        let tmp = path.with_extension("tmp");
+        let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        f.write_all(&serde_json::to_vec(entry).map_err(io::Error::other)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.file(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every pending entry. An unreadable file is moved aside (`.bad`) and reported, not deleted.
+    pub fn load(&self) -> Vec<Entry> {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut entries = Vec::new();
+        for file in dir.flatten() {
+            let path = file.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Entry>(&b).ok()) {
+                Some(e) => entries.push(e),
+                None => {
+                    warn!(file = %path.display(), "Unreadable spool file moved aside (.bad).");
+                    let _ = fs::rename(&path, path.with_extension("bad"));
+                }
+            }
+        }
+        entries.sort_by_key(|e| e.spooled_ms);
+        entries
+    }
+
+    /// Appends to the dead-letter file (mode 0600).
+    pub fn dead(&self, sink: &str, entry: &Entry, reason: &str) -> io::Result<()> {
+        let line = serde_json::json!({
+            "time": crate::session::format_time(i128::from(now_ms()) * 1_000_000),
+            "sink": sink,
+            "reason": reason,
+            "attempts": entry.attempts,
+            "alert": entry.alert,
+        });
+        let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.dead_letter)?;
+        writeln!(f, "{line}")?;
+        f.sync_all()?;
+        self.remove(&entry.alert.id)
+    }
+}
+
+/// What a sink task reports to the daemon about its health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkHealth {
+    pub sink: String,
+    /// How long the oldest pending alert has been failing.
+    pub failing_for: Duration,
+    pub last_error: String,
+}
+
+/// Delivers a sink's alerts until the channel closes and nothing is pending.
+pub async fn deliver(
+    name: String,
+    sink: Arc<Sink>,
+    spool: Spool,
+    policy: RetryPolicy,
+    mut rx: mpsc::Receiver<Entry>,
+    health: mpsc::UnboundedSender<SinkHealth>,
+) {
+    let mut pending = spool.load();
+    if !pending.is_empty() {
+        info!(sink = %name, count = pending.len(), "Delivering alerts spooled before the last stop.");
+    }
+    let mut open = true;
+    loop {
+        let now = now_ms();
+        let mut i = 0;
+        while i < pending.len() {
+            if pending[i].next_ms > now {
+                i += 1;
+                continue;
+            }
+            let result = tokio::time::timeout(Duration::from_secs(30), sink.send(&pending[i].alert))
+                .await
+                .unwrap_or_else(|_| Err(SinkError::Transient("no answer within 30 s".into())));
+            let entry = &mut pending[i];
+            match result {
+                Ok(()) => {
+                    if let Err(e) = spool.remove(&entry.alert.id) {
+                        warn!(sink = %name, error = %e, "Delivered, but the spool file could not be removed.");
+                    }
+                    info!(sink = %name, alert = %entry.alert.id, attempts = entry.attempts + 1, "Alert delivered.");
+                    pending.remove(i);
+                }
+                Err(SinkError::Permanent(e)) => {
+                    warn!(sink = %name, alert = %entry.alert.id, error = %e, "Delivery failed permanently; alert moved to the dead-letter file.");
+                    let _ = spool.dead(&name, entry, &e);
+                    pending.remove(i);
+                }
+                Err(SinkError::Transient(e)) => {
+                    entry.attempts += 1;
+                    let age = Duration::from_millis(u64::try_from(now - entry.spooled_ms).unwrap_or(0));
+                    if age >= policy.max_age {
+                        warn!(sink = %name, alert = %entry.alert.id, error = %e, "Alert expired after retrying; moved to the dead-letter file.");
+                        let _ = spool.dead(&name, entry, &format!("expired after {} attempts: {e}", entry.attempts));
+                        pending.remove(i);
+                        continue;
+                    }
+                    let seed = entry.spooled_ms as u64 ^ u64::from(entry.attempts);
+                    entry.next_ms = now + policy.delay(entry.attempts - 1, seed).as_millis() as i64;
+                    if entry.attempts == 1 {
+                        warn!(sink = %name, alert = %entry.alert.id, error = %e, "Delivery failed; will retry.");
+                    }
+                    entry.last_error = Some(e.clone());
+                    if let Err(err) = spool.put(entry) {
+                        warn!(sink = %name, error = %err, "Could not update the spool file.");
+                    }
+                    let _ = health.send(SinkHealth { sink: name.clone(), failing_for: age, last_error: e });
+                    i += 1;
+                }
+            }
+        }
+        if !open && pending.is_empty() {
+            return;
+        }
+        let next = pending.iter().map(|e| e.next_ms).min();
+        let wait = next.map(|n| Duration::from_millis(u64::try_from(n - now_ms()).unwrap_or(0)));
+        tokio::select! {
+            msg = rx.recv(), if open => match msg {
+                Some(entry) => pending.push(entry),
+                None => open = false,
+            },
+            _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {}
+            else => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let p = RetryPolicy {
+            initial: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+            max_age: Duration::from_secs(86_400),
+        };
+        let d0 = p.delay(0, 7);
+        assert!(d0 >= Duration::from_millis(800) && d0 <= Duration::from_millis(1200), "{d0:?}");
+        let d3 = p.delay(3, 7);
+        assert!(d3 >= Duration::from_millis(6400) && d3 <= Duration::from_millis(9600), "{d3:?}");
+        assert!(p.delay(30, 7) <= Duration::from_secs(360));
+        assert_ne!(p.delay(5, 1), p.delay(5, 2), "jitter spreads retries");
+    }
+}

@@ -1,0 +1,407 @@
+//! Alert delivery against real receivers: aiosmtpd for email, HTTP receivers that check the
+//! request shapes of Pushover, ntfy, Gotify, Telegram, Slack, Discord and the signed webhook, and a
+//! script run by the exec sink. Also retries, restarts, dead letters, rate limits and test-alert.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use hmac::{Hmac, Mac as _};
+use notifier_tests::*;
+
+use super::{pam_driver, wait_for, WAIT};
+
+/// A daemon config, its state directory, and a private libpam for pam-driver logins.
+struct AlertLab {
+    lab: Lab,
+    config: PathBuf,
+}
+
+impl AlertLab {
+    fn new(body: &str) -> Self {
+        let lab = Lab::new();
+        let config = lab.path("notifier.toml");
+        let libpam = private_libpam(&lab);
+        fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\nhost = \"web-test-1\"\n[capture]\nlibpam = [\"{}\"]\n[alerts]\nretry_initial_ms = 200\n{body}\n",
+                lab.path("state").display(),
+                libpam.display()
+            ),
+        )
+        .expect("config");
+        Self { lab, config }
+    }
+
+    /// A PAM login through the private libpam (trusted: the driver runs as root).
+    fn login(&self, service: &PamService, user: &str, rhost: &str, count: u32) {
+        run(Command::new(pam_driver()).env("LD_LIBRARY_PATH", &self.lab.dir).args([
+            "--service",
+            &service.name,
+            "--user",
+            user,
+            "--rhost",
+            rhost,
+            "--count",
+            &count.to_string(),
+        ]));
+    }
+
+    fn state(&self, rel: &str) -> PathBuf {
+        self.lab.path("state").join(rel)
+    }
+}
+
+fn hmac_hex(key: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn exec_script(dir: &Path) -> PathBuf {
+    let script = dir.join("alert.sh");
+    // Writes what it received; quoting keeps event data inert inside the script too.
+    fs::write(&script, "#!/bin/sh\nenv > \"$1/env\"\ncat > \"$1/stdin.json\"\n").expect("script");
+    run(Command::new("chmod").arg("755").arg(&script));
+    script
+}
+
+#[test]
+fn one_login_reaches_email_every_http_api_and_exec() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let sshd = Sshd::start("PasswordAuthentication no");
+    let user = TestUser::new();
+    user.authorize_key(&sshd.lab.path("client_key.pub"));
+    let http = HttpReceiver::start();
+    let scratch = Lab::new();
+    let smtp = SmtpServer::start(&scratch);
+    fs::write(scratch.path("po_user"), "uQiRzpo4DXghDmr9QzzfQu27cmVRsG\n").expect("secret");
+    let script = exec_script(&scratch.dir);
+    // The daemon watches the system libpam here: this is a real sshd login.
+    let lab = Lab::new();
+    let config = lab.path("notifier.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+host = "web-test-1"
+[[sink]]
+name = "mail"
+type = "email"
+server = "127.0.0.1"
+port = {smtp}
+tls = "none"
+from = "notifier@web-test-1.example"
+to = ["ops@example.test", "oncall@example.test"]
+[[sink]]
+name = "po"
+type = "pushover"
+api_base = "{base}/pushover"
+token = "azGDORePK8gMaC0QOYAMyEEuzJnyUi"
+user_key = {{ file = "{po_user}" }}
+[[sink]]
+name = "ntfy"
+type = "ntfy"
+server = "{base}/ntfy"
+topic = "logins"
+token = "tk_ntfy"
+priority = 4
+tags = ["warning"]
+[[sink]]
+name = "gotify"
+type = "gotify"
+server = "{base}/gotify"
+token = "AbCgotify"
+[[sink]]
+name = "tg"
+type = "telegram"
+api_base = "{base}/tg"
+token = "123456:ABC-DEF"
+chat_id = "-1001234"
+[[sink]]
+name = "slack"
+type = "slack"
+url = "{base}/slack/T000/B000/XXX"
+[[sink]]
+name = "discord"
+type = "discord"
+url = "{base}/discord/api/webhooks/1/tok"
+[[sink]]
+name = "hook"
+type = "webhook"
+url = "{base}/hook"
+secret = "hook-secret"
+headers = {{ X-Env = "test" }}
+[[sink]]
+name = "script"
+type = "exec"
+command = ["{script}", "{out}"]
+"#,
+            state = lab.path("state").display(),
+            smtp = smtp.port,
+            base = http.url(""),
+            po_user = scratch.path("po_user").display(),
+            script = script.display(),
+            out = scratch.dir.display(),
+        ),
+    )
+    .expect("config");
+    let n = Notifier::run(&config);
+    let out = run(sshd.ssh(&user.name, "127.0.0.1", Some("127.0.0.23"), &[]).arg("echo \"$SSH_CONNECTION\""));
+    let port: u64 = out.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("client port");
+    let (open, _) = wait_for(&n, &user.name, "session_open");
+    assert_eq!(open["alert"], true, "{open}");
+    let name = user.name.as_str();
+
+    // Email: subject and body name the user, the IP, the port and the host.
+    let mail = smtp.wait(1, WAIT);
+    assert_eq!(mail.len(), 1, "one email");
+    let (headers, body) = mail[0].split_once("\n\n").expect("headers and body");
+    let subject = headers.lines().find(|l| l.starts_with("Subject:")).expect("Subject");
+    assert!(subject.contains(name) && subject.contains("127.0.0.23") && subject.contains("web-test-1"), "{subject}");
+    let body = body.replace("=\n", ""); // quoted-printable soft breaks
+    assert!(
+        body.contains(&format!("127.0.0.23:{port}")) && body.contains(name) && body.contains("web-test-1"),
+        "{body}"
+    );
+    assert!(headers.contains("ops@example.test") && headers.contains("oncall@example.test"), "{headers}");
+
+    let reqs = http.wait(WAIT, |r| r.len() >= 7);
+    let by = |prefix: &str| {
+        reqs.iter().find(|r| r.path.starts_with(prefix)).unwrap_or_else(|| panic!("no request to {prefix}: {reqs:?}"))
+    };
+
+    let po = by("/pushover/1/messages.json");
+    assert_eq!(po.method, "POST");
+    assert_eq!(po.header("content-type"), Some("application/x-www-form-urlencoded"));
+    let form = po.form();
+    let field = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    assert_eq!(field("token"), Some("azGDORePK8gMaC0QOYAMyEEuzJnyUi"));
+    assert_eq!(field("user"), Some("uQiRzpo4DXghDmr9QzzfQu27cmVRsG"), "user key from the secret file");
+    assert!(
+        field("message").is_some_and(|m| m.contains(name) && m.contains(&format!("127.0.0.23:{port}"))),
+        "{form:?}"
+    );
+    assert_eq!(field("priority"), Some("0"));
+
+    let ntfy = by("/ntfy");
+    assert_eq!(ntfy.header("authorization"), Some("Bearer tk_ntfy"));
+    let j = ntfy.json();
+    assert_eq!(
+        (&j["topic"], &j["priority"], &j["tags"]),
+        (&Value::from("logins"), &Value::from(4), &serde_json::json!(["warning"]))
+    );
+    assert!(
+        j["title"].as_str().unwrap().contains(name) && j["message"].as_str().unwrap().contains("127.0.0.23"),
+        "{j}"
+    );
+
+    let gotify = by("/gotify/message");
+    assert_eq!(gotify.header("x-gotify-key"), Some("AbCgotify"));
+    let j = gotify.json();
+    assert!(
+        j["title"].is_string() && j["message"].as_str().unwrap().contains(name) && j["priority"].is_number(),
+        "{j}"
+    );
+
+    let tg = by("/tg/bot123456:ABC-DEF/sendMessage");
+    let j = tg.json();
+    assert_eq!(j["chat_id"], -1_001_234);
+    assert!(j["text"].as_str().unwrap().contains(name) && j.get("parse_mode").is_none(), "{j}");
+
+    let slack = by("/slack/T000/B000/XXX").json();
+    assert!(slack["text"].as_str().unwrap().contains(name), "{slack}");
+    let discord = by("/discord/api/webhooks/1/tok").json();
+    assert!(discord["content"].as_str().unwrap().contains(name), "{discord}");
+    assert_eq!(discord["allowed_mentions"]["parse"], serde_json::json!([]));
+
+    let hook = by("/hook");
+    assert_eq!(hook.header("x-env"), Some("test"));
+    let signature = hook.header("x-notifier-signature").expect("signature header");
+    assert_eq!(signature, format!("sha256={}", hmac_hex("hook-secret", &hook.body)), "valid HMAC of the body");
+    let j = hook.json();
+    assert_eq!(hook.header("idempotency-key"), j["id"].as_str());
+    assert_eq!(j["event"]["user"], name);
+    assert_eq!(j["event"]["peer"]["port"], port);
+    assert_eq!(j["verdict"], open["verdict"]);
+
+    // Exec: argv, pam_exec-style variables and the JSON on stdin.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !scratch.path("stdin.json").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let env = fs::read_to_string(scratch.path("env")).expect("exec env");
+    for want in ["PAM_RHOST=127.0.0.23", &format!("PAM_USER={name}"), "PAM_TYPE=open_session", "PAM_SERVICE=sshd"] {
+        assert!(env.lines().any(|l| l == want), "{want} not in {env}");
+    }
+    let stdin: Value =
+        serde_json::from_str(&fs::read_to_string(scratch.path("stdin.json")).expect("stdin")).expect("JSON");
+    assert_eq!(stdin["event"]["peer"]["port"], port);
+}
+
+#[test]
+fn hostile_user_cannot_add_an_email_header_or_reach_a_shell() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let scratch = Lab::new();
+    let smtp = SmtpServer::start(&scratch);
+    let script = exec_script(&scratch.dir);
+    let marker = scratch.path("pwned");
+    let service = PamService::permit("nthostile");
+    let a = AlertLab::new(&format!(
+        "[[sink]]\nname = \"mail\"\ntype = \"email\"\nserver = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"n@example.test\"\nto = [\"ops@example.test\"]\n\
+         [[sink]]\nname = \"script\"\ntype = \"exec\"\ncommand = [\"{}\", \"{}\"]",
+        smtp.port,
+        script.display(),
+        scratch.dir.display()
+    ));
+    let n = Notifier::run(&a.config);
+    let user = format!("evil\r\nBcc: victim@example.test\r\n$(touch {})`touch {}`", marker.display(), marker.display());
+    a.login(&service, &user, "203.0.113.77", 1);
+    let mail = smtp.wait(1, WAIT);
+    assert_eq!(mail.len(), 1, "one email; stderr:\n{}", n.stderr());
+    let (headers, _) = mail[0].split_once("\n\n").expect("headers");
+    assert!(
+        !headers.lines().any(|l| l.to_ascii_lowercase().starts_with("bcc:")),
+        "a Bcc header was injected:\n{headers}"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while !scratch.path("stdin.json").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stdin: Value =
+        serde_json::from_str(&fs::read_to_string(scratch.path("stdin.json")).expect("stdin")).expect("JSON");
+    assert_eq!(stdin["user"], user.as_str(), "the exec sink gets the user name unchanged");
+    assert!(!marker.exists(), "event data reached a shell");
+}
+
+#[test]
+fn failing_receivers_recover_survive_kill_9_and_never_storm() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let flaky = HttpReceiver::start();
+    flaky.respond_with(&[500, 500, 500]);
+    let rejecting = HttpReceiver::start();
+    rejecting.respond_with(&[400; 50]);
+    let down_port = unused_port();
+    let service = PamService::permit("ntretry");
+    let a = AlertLab::new(&format!(
+        "[[sink]]\nname = \"flaky\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+         [[sink]]\nname = \"rejecting\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+         [[sink]]\nname = \"down\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{down_port}/hook\"",
+        flaky.url("/hook"),
+        rejecting.url("/hook")
+    ));
+    let n = Notifier::run(&a.config);
+    a.login(&service, "retryuser", "198.51.100.99", 1);
+    wait_for(&n, "retryuser", "session_open");
+
+    // 500, 500, 500, then 200: delivered once the receiver recovers, with one idempotency key.
+    let reqs = flaky.wait(WAIT, |r| r.iter().any(|q| q.status == 200));
+    assert_eq!(reqs.iter().map(|r| r.status).collect::<Vec<_>>(), [500, 500, 500, 200]);
+    assert!(reqs.windows(2).all(|w| w[0].header("idempotency-key") == w[1].header("idempotency-key")));
+
+    // 400: one attempt, then the dead-letter file; no retry storm.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rejecting.requests().len(), 1, "a 400 must not be retried");
+    let dead = fs::read_to_string(a.state("dead-letter.jsonl")).expect("dead-letter file");
+    assert!(dead.contains("\"sink\":\"rejecting\"") && dead.contains("400"), "{dead}");
+
+    // Down during a kill -9 and a restart: the alert waits in the spool and arrives afterwards.
+    let spool = a.state("spool/down");
+    assert_eq!(fs::read_dir(&spool).expect("spool").count(), 1, "the alert is on disk");
+    n.kill9();
+    let receiver = HttpReceiver::on_port(down_port);
+    let n = Notifier::run(&a.config);
+    let reqs = receiver.wait(WAIT, |r| !r.is_empty());
+    assert_eq!(reqs.len(), 1, "delivered after the restart; stderr:\n{}", n.stderr());
+    assert_eq!(reqs[0].json()["event"]["user"], "retryuser");
+    let deadline = std::time::Instant::now() + WAIT;
+    while fs::read_dir(&spool).expect("spool").count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fs::read_dir(&spool).expect("spool").count(), 0, "removed once confirmed");
+    assert_eq!(flaky.requests().len(), 4, "the delivered alert is not sent again after the restart");
+}
+
+#[test]
+fn hundred_new_addresses_give_at_most_ten_alerts_and_one_summary() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let hook = HttpReceiver::start();
+    let service = PamService::permit("ntcap");
+    let a = AlertLab::new(&format!(
+        "max_per_minute = 10\n[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"",
+        hook.url("/hook")
+    ));
+    let n = Notifier::run(&a.config);
+    let started = std::time::Instant::now();
+    a.login(&service, "capuser", "198.51.100.{i}", 100);
+    assert!(started.elapsed() < Duration::from_secs(10), "100 logins within 10 s");
+    let events = n.json_until(WAIT, |e| e.iter().filter(|v| v["event"] == "session_open").count() >= 100);
+    let opens: Vec<&Value> = events.iter().filter(|v| v["event"] == "session_open").collect();
+    assert_eq!(opens.len(), 100, "stdout shows every event");
+    assert!(opens.iter().all(|e| e["alert"] == true));
+    // The summary comes when the minute is over.
+    let reqs = hook.wait(Duration::from_secs(80), |r| r.iter().any(|q| q.json()["kind"] == "summary"));
+    let kinds: Vec<String> = reqs.iter().map(|r| r.json()["kind"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "login").count(), 10, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "summary").count(), 1, "{kinds:?}");
+    let summary = reqs.iter().find(|r| r.json()["kind"] == "summary").expect("summary").json();
+    assert!(summary["body"].as_str().unwrap().starts_with("90 alert(s) held back"), "{summary}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(hook.requests().len(), 11, "nothing more after the summary");
+}
+
+#[test]
+fn test_alert_reports_success_or_the_exact_failure_per_sink() {
+    let ok = HttpReceiver::start();
+    let rejecting = HttpReceiver::start();
+    rejecting.respond_with(&[400]);
+    let lab = Lab::new();
+    let config = lab.path("notifier.toml");
+    fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[[sink]]\nname = \"ok\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+             [[sink]]\nname = \"rejecting\"\ntype = \"gotify\"\nserver = \"{}\"\ntoken = \"t\"\n\
+             [[sink]]\nname = \"down\"\ntype = \"ntfy\"\nserver = \"http://127.0.0.1:{}\"\ntopic = \"x\"\n",
+            lab.path("state").display(),
+            ok.url("/hook"),
+            rejecting.url(""),
+            unused_port()
+        ),
+    )
+    .expect("config");
+    let out = Command::new(notifier_bin())
+        .args(["test-alert", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("test-alert");
+    assert!(!out.status.success(), "a failing sink makes test-alert fail");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "sink ok (webhook): ok", "{text}");
+    assert!(
+        lines[1].starts_with("sink rejecting (gotify): FAILED: HTTP 400") && lines[1].contains("permanent"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("sink down (ntfy): FAILED: connection failed") && lines[2].contains("temporary"),
+        "{text}"
+    );
+    assert_eq!(ok.requests().len(), 1);
+    assert_eq!(ok.requests()[0].json()["kind"], "test");
+    let out = run(Command::new(notifier_bin()).args(["test-alert", "--sink", "ok", "--config"]).arg(&config));
+    assert_eq!(out.trim(), "sink ok (webhook): ok");
+}
