@@ -113,7 +113,7 @@ impl HttpSink {
                 headers: raw.headers.clone().unwrap_or_default().into_iter().collect(),
                 secret: raw.secret.as_ref().map(|s| s.resolve()).transpose().map_err(|e| format!("`secret`: {e}"))?,
             },
-            SinkType::Email | SinkType::Exec => return Err("not an HTTP sink".into()),
+            SinkType::Email | SinkType::Exec | SinkType::Syslog => return Err("not an HTTP sink".into()),
         };
         Ok(Self { api, client, templates })
     }

@@ -12,6 +12,7 @@ pub mod message;
 pub mod ratelimit;
 pub mod sink;
 pub mod spool;
+pub mod syslog;
 
 use std::net::IpAddr;
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{email::EmailSink, exec::ExecSink, http::HttpSink, message::Templates, Alert};
+use super::{email::EmailSink, exec::ExecSink, http::HttpSink, message::Templates, syslog::SyslogSink, Alert};
 use crate::policy::Verdict;
 
 /// A secret: inline (`"${ENV_VAR}"` is expanded from the environment) or read from a file
@@ -111,6 +111,7 @@ pub enum SinkType {
     Discord,
     Webhook,
     Exec,
+    Syslog,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -162,40 +163,22 @@ pub struct RawSink {
     // Exec.
     pub command: Option<Vec<String>>,
     pub timeout_secs: Option<u64>,
+    // Syslog: unix:/dev/log, udp:IP:PORT or tcp:IP:PORT, and the facility (default authpriv).
+    pub address: Option<String>,
+    pub facility: Option<String>,
 }
 
 impl RawSink {
-    /// The keys set in this table, other than the common ones.
-    fn set_keys(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        macro_rules! check {
-            ($($field:ident),*) => { $( if self.$field.is_some() { keys.push(stringify!($field)); } )* };
+    /// The keys set in this table, other than the common ones, read from its own serialised form
+    /// so that a new field can never be missed here.
+    fn set_keys(&self) -> Vec<String> {
+        const COMMON: [&str; 5] = ["name", "type", "when", "title", "body"];
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => {
+                map.into_iter().filter(|(k, v)| !v.is_null() && !COMMON.contains(&k.as_str())).map(|(k, _)| k).collect()
+            }
+            _ => Vec::new(),
         }
-        check!(
-            api_base,
-            server,
-            url,
-            token,
-            user_key,
-            priority,
-            sound,
-            retry,
-            expire,
-            topic,
-            tags,
-            chat_id,
-            headers,
-            secret,
-            port,
-            tls,
-            username,
-            password,
-            from,
-            to,
-            command,
-            timeout_secs
-        );
-        keys
     }
 
     /// (required, optional) keys for the type.
@@ -209,6 +192,7 @@ impl RawSink {
             SinkType::Slack | SinkType::Discord => (&["url"], &[]),
             SinkType::Webhook => (&["url"], &["headers", "secret"]),
             SinkType::Exec => (&["command"], &["timeout_secs"]),
+            SinkType::Syslog => (&["address"], &["facility"]),
         }
     }
 
@@ -217,12 +201,12 @@ impl RawSink {
         let (required, optional) = Self::keys(self.kind);
         let set = self.set_keys();
         for key in required {
-            if !set.contains(key) {
+            if !set.iter().any(|k| k == key) {
                 return Err(format!("missing key `{key}` (a {:?} sink needs {})", self.kind, required.join(", ")));
             }
         }
         for key in &set {
-            if !required.contains(key) && !optional.contains(key) {
+            if !required.contains(&key.as_str()) && !optional.contains(&key.as_str()) {
                 return Err(format!("key `{key}` does not apply to a {:?} sink", self.kind));
             }
         }
@@ -230,6 +214,12 @@ impl RawSink {
             return Err(
                 "`command` is empty; give the program and its arguments, e.g. [\"/usr/local/bin/alert\"]".into()
             );
+        }
+        if let Some(address) = &self.address {
+            address.parse::<super::syslog::Address>()?;
+        }
+        if let Some(facility) = &self.facility {
+            super::syslog::facility(facility)?;
         }
         if self.kind == SinkType::Pushover && !(-2..=2).contains(&self.priority.unwrap_or(0)) {
             return Err("`priority` must be between -2 and 2".into());
@@ -254,6 +244,7 @@ pub enum Sink {
     Http(HttpSink),
     Email(EmailSink),
     Exec(ExecSink),
+    Syslog(SyslogSink),
 }
 
 impl Sink {
@@ -266,6 +257,11 @@ impl Sink {
                 command: raw.command.clone().unwrap_or_default(),
                 timeout: Duration::from_secs(raw.timeout_secs.unwrap_or(10)),
             }),
+            SinkType::Syslog => Sink::Syslog(SyslogSink {
+                address: raw.address.as_deref().unwrap_or_default().parse()?,
+                facility: super::syslog::facility(raw.facility.as_deref().unwrap_or("authpriv"))?,
+                templates,
+            }),
             _ => Sink::Http(HttpSink::build(raw, client.clone(), templates)?),
         })
     }
@@ -275,6 +271,7 @@ impl Sink {
             Sink::Http(s) => s.send(alert).await,
             Sink::Email(s) => s.send(alert).await,
             Sink::Exec(s) => s.send(alert).await,
+            Sink::Syslog(s) => s.send(alert).await,
         }
     }
 }
@@ -301,6 +298,9 @@ mod tests {
         assert!(err.contains("missing key `user_key`"), "{err}");
         let err = sink("name='p'\ntype='ntfy'\ntopic='t'\nchat_id='1'").validate().unwrap_err();
         assert!(err.contains("`chat_id` does not apply"), "{err}");
+        assert!(sink("name='s'\ntype='syslog'\naddress='udp:127.0.0.1:514'").validate().is_ok());
+        let err = sink("name='s'\ntype='syslog'\naddress='udp:127.0.0.1:514'\ntopic='x'").validate().unwrap_err();
+        assert!(err.contains("`topic` does not apply"), "{err}");
         let err = sink("name='e'\ntype='exec'\ncommand=[]").validate().unwrap_err();
         assert!(err.contains("empty"), "{err}");
         let err = sink("name='w'\ntype='webhook'\nurl='http://127.0.0.1/'\nbody='{{ user'").validate().unwrap_err();

@@ -405,3 +405,42 @@ fn test_alert_reports_success_or_the_exact_failure_per_sink() {
     let out = run(Command::new(notifier_bin()).args(["test-alert", "--sink", "ok", "--config"]).arg(&config));
     assert_eq!(out.trim(), "sink ok (webhook): ok");
 }
+
+#[test]
+fn syslog_gets_an_rfc5424_record_and_stopping_sends_a_health_alert() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let collector = std::net::UdpSocket::bind("127.0.0.1:0").expect("UDP collector");
+    collector.set_read_timeout(Some(WAIT)).expect("timeout");
+    let hook = HttpReceiver::start();
+    let service = PamService::permit("ntsyslog");
+    let a = AlertLab::new(&format!(
+        "[[sink]]\nname = \"collector\"\ntype = \"syslog\"\naddress = \"udp:127.0.0.1:{}\"\nfacility = \"authpriv\"\n\
+         when = {{ verdicts = [\"first_login\"] }}\n\
+         [[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\nwhen = {{ users = [\"nobody-logs-in-as-this\"] }}",
+        collector.local_addr().expect("addr").port(),
+        hook.url("/hook")
+    ));
+    let n = Notifier::run(&a.config);
+    a.login(&service, "sysuser\"]", "198.51.100.5", 1);
+    let mut buf = [0u8; 4096];
+    let len = collector.recv(&mut buf).expect("a syslog record");
+    let record = String::from_utf8_lossy(&buf[..len]).into_owned();
+    assert!(record.starts_with("<84>1 "), "authpriv.warning, RFC 5424 version 1: {record}");
+    assert!(record.contains(" web-test-1 notifier "), "{record}");
+    assert!(
+        record.contains(r#"user="sysuser\"\]""#) && record.contains(r#"ip="198.51.100.5""#),
+        "escaped SD: {record}"
+    );
+    assert!(record.contains(r#"verdict="first_login""#), "{record}");
+    assert!(hook.requests().is_empty(), "the webhook's `when` filter excludes this user");
+
+    // SIGTERM: a health alert says the daemon stopped (it passes every `when` filter on users).
+    assert!(n.terminate().success());
+    let reqs = hook.wait(WAIT, |r| !r.is_empty());
+    assert_eq!(reqs.len(), 1, "one health alert");
+    let j = reqs[0].json();
+    assert_eq!(j["kind"], "health");
+    assert!(j["body"].as_str().unwrap().contains("stopping"), "{j}");
+}

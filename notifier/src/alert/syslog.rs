@@ -1,0 +1,169 @@
+//! The syslog sink: RFC 5424 messages to the local socket (`unix:/dev/log`), or to a remote
+//! collector over UDP or TCP (octet-counted framing, RFC 6587). Event data goes into
+//! structured-data parameters, escaped as RFC 5424 requires (`"`, `\` and `]`), and into the message
+//! with control characters escaped, so one alert is always one record.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use tokio::io::AsyncWriteExt as _;
+
+use super::{message::Templates, sink::SinkError, Alert};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+}
+
+impl std::str::FromStr for Address {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("{s:?} is not a syslog address; use unix:/dev/log, udp:HOST:PORT or tcp:HOST:PORT (an IP address)")
+        };
+        match s.split_once(':') {
+            Some(("unix", path)) => Ok(Self::Unix(PathBuf::from(path))),
+            Some(("udp", addr)) => addr.parse().map(Self::Udp).map_err(|_| bad()),
+            Some(("tcp", addr)) => addr.parse().map(Self::Tcp).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Facility numbers (RFC 5424 table 1).
+pub fn facility(name: &str) -> Result<u8, String> {
+    Ok(match name {
+        "auth" => 4,
+        "daemon" => 3,
+        "authpriv" => 10,
+        "local0" => 16,
+        "local1" => 17,
+        "local2" => 18,
+        "local3" => 19,
+        "local4" => 20,
+        "local5" => 21,
+        "local6" => 22,
+        "local7" => 23,
+        other => return Err(format!("unknown facility {other:?}; use authpriv, auth, daemon or local0..local7")),
+    })
+}
+
+pub struct SyslogSink {
+    pub address: Address,
+    pub facility: u8,
+    pub templates: Templates,
+}
+
+/// Escapes a structured-data parameter value: `"`, `\\` and `]` as RFC 5424 requires, and control
+/// characters visibly, so a record never spans lines.
+fn sd_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | ']') {
+            out.push('\\');
+            out.push(c);
+        } else if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A header field: printable US-ASCII without spaces, or `-`.
+fn header_field(s: &str, max: usize) -> String {
+    let f: String = s.chars().filter(|c| c.is_ascii_graphic()).take(max).collect();
+    if f.is_empty() {
+        "-".into()
+    } else {
+        f
+    }
+}
+
+/// One RFC 5424 record for `alert`.
+pub fn format(alert: &Alert, facility: u8, templates: &Templates) -> String {
+    let severity = 4; // warning
+    let msg = templates.render(alert);
+    let mut sd = format!("[notifier@32473 kind=\"{}\"", sd_escape(&format!("{:?}", alert.kind).to_lowercase()));
+    let mut param = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            sd.push_str(&format!(" {k}=\"{}\"", sd_escape(&v)));
+        }
+    };
+    param("id", Some(alert.id.clone()));
+    param("verdict", alert.verdict.map(|v| v.as_str().to_string()));
+    param("user", alert.user.clone());
+    param("ip", alert.ip.map(|i| i.to_string()));
+    param("port", alert.port.map(|p| p.to_string()));
+    param("service", alert.service.clone());
+    param("country", alert.country.clone());
+    param("asn", alert.asn.map(|a| a.to_string()));
+    sd.push(']');
+    let text: String =
+        msg.body.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+    format!(
+        "<{}>1 {} {} notifier {} {} {sd} {text}",
+        u16::from(facility) * 8 + severity,
+        header_field(&alert.time, 64),
+        header_field(&alert.host, 255),
+        std::process::id(),
+        header_field(&format!("{:?}", alert.kind).to_lowercase(), 32),
+    )
+}
+
+impl SyslogSink {
+    pub async fn send(&self, alert: &Alert) -> Result<(), SinkError> {
+        let record = format(alert, self.facility, &self.templates);
+        let transient = |what: &str, e: std::io::Error| SinkError::Transient(format!("syslog {what}: {e}"));
+        match &self.address {
+            Address::Unix(path) => {
+                let socket = tokio::net::UnixDatagram::unbound().map_err(|e| transient("socket", e))?;
+                socket.send_to(record.as_bytes(), path).await.map_err(|e| transient(&path.display().to_string(), e))?;
+            }
+            Address::Udp(addr) => {
+                let bind: SocketAddr =
+                    if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+                let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| transient("socket", e))?;
+                socket.send_to(record.as_bytes(), addr).await.map_err(|e| transient(&addr.to_string(), e))?;
+            }
+            Address::Tcp(addr) => {
+                let mut stream =
+                    tokio::net::TcpStream::connect(addr).await.map_err(|e| transient(&addr.to_string(), e))?;
+                let framed = format!("{} {record}", record.len());
+                stream.write_all(framed.as_bytes()).await.map_err(|e| transient(&addr.to_string(), e))?;
+                stream.shutdown().await.map_err(|e| transient(&addr.to_string(), e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{internal_alert, AlertKind};
+
+    #[test]
+    fn record_is_rfc5424_with_escaped_data() {
+        let mut a = internal_alert(AlertKind::Login, "web 1", "new network".into());
+        a.time = "2026-11-24T18:07:50.123Z".into();
+        a.user = Some("ev\"il]\\\nx".into());
+        a.ip = Some("203.0.113.7".parse().unwrap());
+        let r = format(&a, 10, &Templates::default());
+        assert!(r.starts_with("<84>1 2026-11-24T18:07:50.123Z web1 notifier "), "{r}");
+        assert!(r.contains(r#" user="ev\"il\]\\"#), "{r}");
+        assert!(r.contains(r#"ip="203.0.113.7""#), "{r}");
+        assert!(!r.contains('\n'), "one record is one line: {r:?}");
+    }
+
+    #[test]
+    fn addresses_and_facilities() {
+        assert_eq!("unix:/dev/log".parse::<Address>(), Ok(Address::Unix("/dev/log".into())));
+        assert_eq!("udp:127.0.0.1:514".parse::<Address>(), Ok(Address::Udp("127.0.0.1:514".parse().unwrap())));
+        assert!("tcp:logs.example.com:514".parse::<Address>().is_err());
+        assert_eq!(facility("authpriv"), Ok(10));
+        assert!(facility("kern").is_err());
+    }
+}
