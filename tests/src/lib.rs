@@ -291,6 +291,34 @@ impl Drop for Notifier {
     }
 }
 
+/// A state directory and a config file for one `notifier run`, removed on drop.
+pub struct DaemonLab {
+    pub lab: Lab,
+    pub config: PathBuf,
+}
+
+impl DaemonLab {
+    /// A config with `state_dir` in the lab, then what `extra` writes (it may place files in the lab).
+    pub fn new(extra: impl FnOnce(&Lab) -> String) -> Self {
+        let lab = Lab::new();
+        let config = lab.path("notifier.toml");
+        let text = format!("state_dir = \"{}\"\n{}\n", lab.path("state").display(), extra(&lab));
+        fs::write(&config, text).expect("writing the config");
+        Self { lab, config }
+    }
+
+    /// A path under the state directory.
+    pub fn state(&self, rel: &str) -> PathBuf {
+        self.lab.path("state").join(rel)
+    }
+
+    /// `notifier known list --json` for this config.
+    pub fn known_json(&self) -> Value {
+        let out = run(Command::new(notifier_bin()).args(["known", "list", "--json", "--config"]).arg(&self.config));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("known list --json: {e}: {out}"))
+    }
+}
+
 /// Events of one kind.
 pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == kind).collect()
@@ -370,6 +398,22 @@ impl Sshd {
         }
         cmd.arg(format!("{user}@{host}"));
         cmd.stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Sshd {
+    /// `sshpass -p PASSWORD ssh …` logging in with a password only, from `bind`.
+    pub fn password_ssh(&self, user: &str, bind: &str, password: &str) -> Command {
+        let mut ssh = self.ssh(
+            user,
+            "127.0.0.1",
+            Some(bind),
+            &["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"],
+        );
+        ssh.arg("true");
+        let mut cmd = Command::new("sshpass");
+        cmd.args(["-p", password]).arg(ssh.get_program()).args(ssh.get_args()).stdin(Stdio::null());
         cmd
     }
 }

@@ -105,20 +105,7 @@ fn sshd_wrong_password_gives_auth_failure_with_user_and_peer() {
     user.set_password("Right-horse-battery-1");
     let n = Notifier::watch(&["--json"]);
 
-    let mut ssh = sshd.ssh(
-        &user.name,
-        "127.0.0.1",
-        Some("127.0.0.9"),
-        &["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"],
-    );
-    ssh.arg("true");
-    let status = Command::new("sshpass")
-        .args(["-p", "wrong-password"])
-        .arg(ssh.get_program())
-        .args(ssh.get_args())
-        .stdin(Stdio::null())
-        .status()
-        .expect("sshpass");
+    let status = sshd.password_ssh(&user.name, "127.0.0.9", "wrong-password").status().expect("sshpass");
     assert_eq!(status.code(), Some(5), "sshpass should report a wrong password; sshd log:\n{}", sshd.log());
     let (fail, _) = wait_for(&n, &user.name, "auth_failure");
     assert_eq!(fail["service"], "sshd");

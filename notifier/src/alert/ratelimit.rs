@@ -123,29 +123,10 @@ mod tests {
     use crate::alert::AlertKind;
 
     fn alert(user: &str, ip: &str) -> Alert {
-        Alert {
-            id: "x".into(),
-            time: String::new(),
-            kind: AlertKind::Login,
-            verdict: None,
-            host: "h".into(),
-            user: Some(user.into()),
-            service: None,
-            ip: Some(ip.parse().unwrap()),
-            port: None,
-            tty: None,
-            method: None,
-            key_type: None,
-            fingerprint: None,
-            country: None,
-            city: None,
-            asn: None,
-            asn_org: None,
-            rdns: None,
-            pam_type: None,
-            reason: String::new(),
-            event: serde_json::Value::Null,
-        }
+        let mut a = crate::alert::internal_alert(AlertKind::Login, "h", String::new());
+        a.user = Some(user.into());
+        a.ip = Some(ip.parse().unwrap());
+        a
     }
 
     #[test]

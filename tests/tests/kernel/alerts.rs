@@ -14,32 +14,26 @@ use notifier_tests::*;
 
 use super::{pam_driver, wait_for, WAIT};
 
-/// A daemon config, its state directory, and a private libpam for pam-driver logins.
+/// A daemon with a private libpam for pam-driver logins, host `web-test-1`, and fast retries.
 struct AlertLab {
-    lab: Lab,
-    config: PathBuf,
+    d: DaemonLab,
 }
 
 impl AlertLab {
     fn new(body: &str) -> Self {
-        let lab = Lab::new();
-        let config = lab.path("notifier.toml");
-        let libpam = private_libpam(&lab);
-        fs::write(
-            &config,
+        let d = DaemonLab::new(|lab| {
+            let libpam = private_libpam(lab);
             format!(
-                "state_dir = \"{}\"\nhost = \"web-test-1\"\n[capture]\nlibpam = [\"{}\"]\n[alerts]\nretry_initial_ms = 200\n{body}\n",
-                lab.path("state").display(),
+                "host = \"web-test-1\"\n[capture]\nlibpam = [\"{}\"]\n[alerts]\nretry_initial_ms = 200\n{body}",
                 libpam.display()
-            ),
-        )
-        .expect("config");
-        Self { lab, config }
+            )
+        });
+        Self { d }
     }
 
     /// A PAM login through the private libpam (trusted: the driver runs as root).
     fn login(&self, service: &PamService, user: &str, rhost: &str, count: u32) {
-        run(Command::new(pam_driver()).env("LD_LIBRARY_PATH", &self.lab.dir).args([
+        run(Command::new(pam_driver()).env("LD_LIBRARY_PATH", &self.d.lab.dir).args([
             "--service",
             &service.name,
             "--user",
@@ -49,10 +43,6 @@ impl AlertLab {
             "--count",
             &count.to_string(),
         ]));
-    }
-
-    fn state(&self, rel: &str) -> PathBuf {
-        self.lab.path("state").join(rel)
     }
 }
 
@@ -262,7 +252,7 @@ fn hostile_user_cannot_add_an_email_header_or_reach_a_shell() {
         script.display(),
         scratch.dir.display()
     ));
-    let n = Notifier::run(&a.config);
+    let n = Notifier::run(&a.d.config);
     let user = format!("evil\r\nBcc: victim@example.test\r\n$(touch {})`touch {}`", marker.display(), marker.display());
     a.login(&service, &user, "203.0.113.77", 1);
     let mail = smtp.wait(1, WAIT);
@@ -300,7 +290,7 @@ fn failing_receivers_recover_survive_kill_9_and_never_storm() {
         flaky.url("/hook"),
         rejecting.url("/hook")
     ));
-    let n = Notifier::run(&a.config);
+    let n = Notifier::run(&a.d.config);
     a.login(&service, "retryuser", "198.51.100.99", 1);
     wait_for(&n, "retryuser", "session_open");
 
@@ -312,15 +302,15 @@ fn failing_receivers_recover_survive_kill_9_and_never_storm() {
     // 400: one attempt, then the dead-letter file; no retry storm.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(rejecting.requests().len(), 1, "a 400 must not be retried");
-    let dead = fs::read_to_string(a.state("dead-letter.jsonl")).expect("dead-letter file");
+    let dead = fs::read_to_string(a.d.state("dead-letter.jsonl")).expect("dead-letter file");
     assert!(dead.contains("\"sink\":\"rejecting\"") && dead.contains("400"), "{dead}");
 
     // Down during a kill -9 and a restart: the alert waits in the spool and arrives afterwards.
-    let spool = a.state("spool/down");
+    let spool = a.d.state("spool/down");
     assert_eq!(fs::read_dir(&spool).expect("spool").count(), 1, "the alert is on disk");
     n.kill9();
     let receiver = HttpReceiver::on_port(down_port);
-    let n = Notifier::run(&a.config);
+    let n = Notifier::run(&a.d.config);
     let reqs = receiver.wait(WAIT, |r| !r.is_empty());
     assert_eq!(reqs.len(), 1, "delivered after the restart; stderr:\n{}", n.stderr());
     assert_eq!(reqs[0].json()["event"]["user"], "retryuser");
@@ -343,7 +333,7 @@ fn hundred_new_addresses_give_at_most_ten_alerts_and_one_summary() {
         "max_per_minute = 10\n[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"",
         hook.url("/hook")
     ));
-    let n = Notifier::run(&a.config);
+    let n = Notifier::run(&a.d.config);
     let started = std::time::Instant::now();
     a.login(&service, "capuser", "198.51.100.{i}", 100);
     assert!(started.elapsed() < Duration::from_secs(10), "100 logins within 10 s");
@@ -422,7 +412,7 @@ fn syslog_gets_an_rfc5424_record_and_stopping_sends_a_health_alert() {
         collector.local_addr().expect("addr").port(),
         hook.url("/hook")
     ));
-    let n = Notifier::run(&a.config);
+    let n = Notifier::run(&a.d.config);
     a.login(&service, "sysuser\"]", "198.51.100.5", 1);
     let mut buf = [0u8; 4096];
     let len = collector.recv(&mut buf).expect("a syslog record");

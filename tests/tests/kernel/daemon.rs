@@ -3,7 +3,6 @@
 
 use std::{
     fs,
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -11,28 +10,6 @@ use std::{
 use notifier_tests::*;
 
 use super::{pam_driver, wait_for, WAIT};
-
-/// A state directory and a config file for one daemon.
-struct DaemonLab {
-    /// Holds the state directory and the config; removed on drop.
-    _lab: Lab,
-    config: PathBuf,
-}
-
-impl DaemonLab {
-    /// A config with `state_dir` in the lab and `extra` appended.
-    fn new(extra: &str) -> Self {
-        let lab = Lab::new();
-        let config = lab.path("notifier.toml");
-        fs::write(&config, format!("state_dir = \"{}\"\n{extra}\n", lab.path("state").display())).expect("config");
-        Self { _lab: lab, config }
-    }
-
-    fn known_json(&self) -> Value {
-        let out = run(Command::new(notifier_bin()).args(["known", "list", "--json", "--config"]).arg(&self.config));
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("known list --json: {e}: {out}"))
-    }
-}
 
 fn ssh_login(sshd: &Sshd, user: &str, bind: &str) {
     let out = sshd.ssh(user, "127.0.0.1", Some(bind), &[]).arg("true").output().expect("ssh");
@@ -52,7 +29,7 @@ fn run_allowlisted_then_new_then_known_and_still_known_after_restart() {
     let sshd = Sshd::start("PasswordAuthentication no");
     let user = TestUser::new();
     user.authorize_key(&sshd.lab.path("client_key.pub"));
-    let d = DaemonLab::new("[policy]\nknown_networks = [\"127.0.0.1/32\"]");
+    let d = DaemonLab::new(|_| "[policy]\nknown_networks = [\"127.0.0.1/32\"]".to_string());
     let n = Notifier::run(&d.config);
 
     ssh_login(&sshd, &user.name, "127.0.0.1");
@@ -100,7 +77,7 @@ fn kill_9_in_a_loop_keeps_every_reported_login() {
     let service = PamService::permit("ntkill");
     let libpam_lab = Lab::new();
     let libpam = private_libpam(&libpam_lab);
-    let d = DaemonLab::new(&format!("[capture]\nlibpam = [\"{}\"]", libpam.display()));
+    let d = DaemonLab::new(|_| format!("[capture]\nlibpam = [\"{}\"]", libpam.display()));
     let mut reported: Vec<String> = Vec::new();
     for round in 0..6u32 {
         let n = Notifier::run(&d.config);
@@ -162,12 +139,14 @@ fn new_country_carries_country_and_asn() {
     let service = PamService::permit("ntgeo");
     let libpam_lab = Lab::new();
     let libpam = private_libpam(&libpam_lab);
-    let d = DaemonLab::new(&format!(
-        "[capture]\nlibpam = [\"{}\"]\n[geoip]\ncountry_db = \"{}\"\nasn_db = \"{}\"",
-        libpam.display(),
-        country_db.display(),
-        asn_db.display()
-    ));
+    let d = DaemonLab::new(|_| {
+        format!(
+            "[capture]\nlibpam = [\"{}\"]\n[geoip]\ncountry_db = \"{}\"\nasn_db = \"{}\"",
+            libpam.display(),
+            country_db.display(),
+            asn_db.display()
+        )
+    });
     let n = Notifier::run(&d.config);
     let login = |rhost: &str| {
         run(Command::new(pam_driver()).env("LD_LIBRARY_PATH", &libpam_lab.dir).args([
@@ -201,25 +180,11 @@ fn six_wrong_passwords_give_one_brute_force_event() {
     let sshd = Sshd::start("PasswordAuthentication yes\nMaxStartups 100");
     let user = TestUser::new();
     user.set_password("Correct-horse-battery-7");
-    let d = DaemonLab::new("[brute_force]\nfailures = 5\nwindow_secs = 60");
+    let d = DaemonLab::new(|_| "[brute_force]\nfailures = 5\nwindow_secs = 60".to_string());
     let n = Notifier::run(&d.config);
     for _ in 0..6 {
-        let mut ssh = sshd.ssh(
-            &user.name,
-            "127.0.0.1",
-            Some("127.0.0.66"),
-            &["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"],
-        );
-        ssh.arg("true");
-        let status = Command::new("sshpass")
-            .args(["-p", "not-the-password"])
-            .arg(ssh.get_program())
-            .args(ssh.get_args())
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("sshpass");
-        assert_eq!(status.code(), Some(5), "sshpass: wrong password expected");
+        let status = sshd.password_ssh(&user.name, "127.0.0.66", "not-the-password").stderr(Stdio::null()).status();
+        assert_eq!(status.expect("sshpass").code(), Some(5), "sshpass: wrong password expected");
     }
     let events = n.json_until(WAIT, |e| {
         e.iter().filter(|v| v["event"] == "auth_failure" && v["user"] == user.name.as_str()).count() >= 6
@@ -238,20 +203,7 @@ fn six_wrong_passwords_give_one_brute_force_event() {
     assert_eq!(brute[0]["alert"], true);
 
     // The right password from the same address: the login is flagged with the failures before it.
-    let mut ssh = sshd.ssh(
-        &user.name,
-        "127.0.0.1",
-        Some("127.0.0.66"),
-        &["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"],
-    );
-    ssh.arg("true");
-    let status = Command::new("sshpass")
-        .args(["-p", "Correct-horse-battery-7"])
-        .arg(ssh.get_program())
-        .args(ssh.get_args())
-        .stdin(Stdio::null())
-        .status()
-        .expect("sshpass");
+    let status = sshd.password_ssh(&user.name, "127.0.0.66", "Correct-horse-battery-7").status().expect("sshpass");
     assert!(status.success(), "login with the right password failed; sshd log:\n{}", sshd.log());
     let (open, _) = wait_for(&n, &user.name, "session_open");
     assert_eq!(open["failures_before"], 6, "{open}");
@@ -265,7 +217,7 @@ fn forged_session_is_forged_and_never_learned() {
     }
     let service = PamService::permit("ntforge");
     let user = TestUser::new();
-    let d = DaemonLab::new("");
+    let d = DaemonLab::new(|_| "".to_string());
     let n = Notifier::run(&d.config);
     let status = Command::new("setpriv")
         .args(["--reuid", &user.uid.to_string(), "--regid", &user.gid.to_string(), "--clear-groups", "--"])
@@ -301,11 +253,13 @@ fn reverse_dns_names_the_peer_and_a_silent_server_never_holds_events_back() {
     };
 
     let dns = DnsServer::answering(&[("198.51.100.7".parse().expect("ip"), "bastion.example.test")]);
-    let d = DaemonLab::new(&format!(
-        "[capture]\nlibpam = [\"{}\"]\n[rdns]\nenabled = true\nservers = [\"127.0.0.1:{}\"]\ntimeout_ms = 2000",
-        libpam.display(),
-        dns.port
-    ));
+    let d = DaemonLab::new(|_| {
+        format!(
+            "[capture]\nlibpam = [\"{}\"]\n[rdns]\nenabled = true\nservers = [\"127.0.0.1:{}\"]\ntimeout_ms = 2000",
+            libpam.display(),
+            dns.port
+        )
+    });
     let n = Notifier::run(&d.config);
     driver("198.51.100.7", "dnsuser");
     let (e, _) = wait_for(&n, "dnsuser", "session_open");
@@ -316,11 +270,13 @@ fn reverse_dns_names_the_peer_and_a_silent_server_never_holds_events_back() {
     drop(n);
 
     let silent = DnsServer::silent();
-    let d = DaemonLab::new(&format!(
-        "[capture]\nlibpam = [\"{}\"]\n[rdns]\nenabled = true\nservers = [\"127.0.0.1:{}\"]\ntimeout_ms = 400",
-        libpam.display(),
-        silent.port
-    ));
+    let d = DaemonLab::new(|_| {
+        format!(
+            "[capture]\nlibpam = [\"{}\"]\n[rdns]\nenabled = true\nservers = [\"127.0.0.1:{}\"]\ntimeout_ms = 400",
+            libpam.display(),
+            silent.port
+        )
+    });
     let n = Notifier::run(&d.config);
     for i in 1..=3 {
         let started = Instant::now();
