@@ -405,6 +405,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut losses = LossTracker::default();
     let mut stopping = false;
     let mut failing_reported = std::collections::BTreeSet::new();
+    // Loss can go on for a while: at most one health alert about it per cooldown.
+    let mut loss_alerted: Option<std::time::Instant> = None;
     while !stopping || !pending.is_empty() {
         let summary_due = dispatcher.summary_due();
         tokio::select! {
@@ -444,7 +446,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             daemon.queue(&mut pending, out);
         }
         if let Some(lost) = losses.check(&source, assembler.evicted)? {
-            if health.health_events_lost {
+            let quiet = loss_alerted.is_none_or(|at| at.elapsed() >= health.cooldown);
+            if health.health_events_lost && quiet {
+                loss_alerted = Some(std::time::Instant::now());
                 let text = format!(
                     "{} login event(s) were lost in the kernel or the session table ({} in all)",
                     lost.lost, lost.total
