@@ -90,10 +90,6 @@ pub struct Probes {
     pub ebpf: Ebpf,
     /// The libpam files the probes are attached to.
     pub targets: Vec<PathBuf>,
-    /// How many probes were attached, over all targets.
-    pub attached: usize,
-    /// Whether the task fields (parent, euid, executable) are filled in by the probes.
-    pub task_info: bool,
 }
 
 /// Checks privileges and kernel support, finds libpam, loads the object and attaches every probe.
@@ -157,7 +153,7 @@ pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
         libpam = %targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
         "Probes attached."
     );
-    Ok(Probes { ebpf, targets, attached, task_info: offsets.valid != 0 })
+    Ok(Probes { ebpf, targets })
 }
 
 fn permission_error(e: &aya::EbpfError) -> bool {

@@ -512,6 +512,20 @@ mod tests {
     }
 
     #[test]
+    fn effective_settings_never_show_a_secret() {
+        let c = Config::from_toml(
+            "[[sink]]\nname = \"po\"\ntype = \"pushover\"\ntoken = \"azGDORePK8gMaC0QOYAMyEEuzJnyUi\"\n\
+             user_key = { file = \"/etc/notifier/po-user\" }\n",
+        )
+        .unwrap();
+        let text = c.to_toml();
+        assert!(!text.contains("azGDORePK8gMaC0QOYAMyEEuzJnyUi"), "{text}");
+        assert!(text.contains("token = \"***\""), "{text}");
+        assert!(text.contains("/etc/notifier/po-user"), "a file path is not a secret: {text}");
+        assert!(!format!("{c:?}").contains("azGDORePK8gMaC0QOYAMyEEuzJnyUi"));
+    }
+
+    #[test]
     fn effective_settings_round_trip_as_toml() {
         let c = Config::from_toml("[policy]\nknown_networks = [\"10.0.0.0/8\"]\n").unwrap();
         let text = c.to_toml();

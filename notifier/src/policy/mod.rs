@@ -53,11 +53,6 @@ impl Verdict {
             Self::BruteForce => "brute_force",
         }
     }
-
-    /// Verdicts that mean the source was not seen before for this user.
-    pub fn is_new(self) -> bool {
-        matches!(self, Self::NewIp | Self::NewNetwork | Self::NewAsn | Self::NewCountry | Self::FirstLogin)
-    }
 }
 
 /// The facts about one login that the policy looks at.
