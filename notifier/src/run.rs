@@ -407,12 +407,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut failing_reported = std::collections::BTreeSet::new();
     // Loss can go on for a while: at most one health alert about it per cooldown.
     let mut loss_alerted: Option<std::time::Instant> = None;
+    let mut libpam = loader::watch_libpam(&probes);
     while !stopping || !pending.is_empty() {
         let summary_due = dispatcher.summary_due();
         tokio::select! {
             biased;
             _ = tokio::time::sleep_until(summary_due.unwrap_or_else(std::time::Instant::now).into()), if summary_due.is_some() => {
                 dispatcher.roll();
+                continue;
+            }
+            Some(path) = loader::next_replaced(&mut libpam) => {
+                let text = loader::handle_replaced(&mut probes, &path);
+                if health.health_attach {
+                    dispatcher.submit(alert::internal_alert(AlertKind::Health, &daemon.host, text));
+                }
                 continue;
             }
             Some(h) = dispatcher.health.recv() => {

@@ -32,9 +32,14 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut records = Vec::with_capacity(256);
     let mut events = Vec::with_capacity(64);
     let mut losses = LossTracker::default();
+    let mut libpam = loader::watch_libpam(&probes);
     let mut stopping = false;
     while !stopping {
         tokio::select! {
+            Some(path) = loader::next_replaced(&mut libpam) => {
+                loader::handle_replaced(&mut probes, &path);
+                continue;
+            }
             res = source.next_batch(&mut records) => res.context("reading the ring buffer")?,
             _ = sigterm.recv() => stopping = true,
             _ = sigint.recv() => stopping = true,

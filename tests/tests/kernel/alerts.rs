@@ -434,3 +434,35 @@ fn syslog_gets_an_rfc5424_record_and_stopping_sends_a_health_alert() {
     assert_eq!(j["kind"], "health");
     assert!(j["body"].as_str().unwrap().contains("stopping"), "{j}");
 }
+
+#[test]
+fn libpam_replaced_by_an_upgrade_is_reattached_and_reported() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let hook = HttpReceiver::start();
+    let service = PamService::permit("ntupgrade");
+    let a = AlertLab::new(&format!(
+        "[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\nwhen = {{ users = [\"nobody-logs-in-as-this\"] }}",
+        hook.url("/hook")
+    ));
+    let n = Notifier::run(&a.d.config);
+    a.login(&service, "before-upgrade", "198.51.100.61", 1);
+    wait_for(&n, "before-upgrade", "session_open");
+
+    // What dpkg does: write the new library beside the old one, then rename it over it.
+    let libpam = a.d.lab.path("libpam.so.0");
+    let staged = a.d.lab.path("libpam.so.0.dpkg-new");
+    fs::copy(&libpam, &staged).expect("staging the new libpam");
+    fs::rename(&staged, &libpam).expect("replacing libpam");
+
+    let reqs = hook.wait(WAIT, |r| !r.is_empty());
+    assert_eq!(reqs.len(), 1, "one health alert; stderr:\n{}", n.stderr());
+    let body = reqs[0].json();
+    assert_eq!(body["kind"], "health");
+    assert!(body["body"].as_str().unwrap().contains("was replaced"), "{body}");
+    // A login through the new file (a new inode) is still seen.
+    a.login(&service, "after-upgrade", "198.51.100.62", 1);
+    let (e, _) = wait_for(&n, "after-upgrade", "session_open");
+    assert_eq!(e["peer"]["ip"], "198.51.100.62");
+}
