@@ -61,8 +61,9 @@ const PROBES: &[ProbeSpec] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "permission denied: loading eBPF probes needs root, or CAP_BPF and CAP_PERFMON \
-         (missing: {missing}); run notifier as root (or as the packaged systemd service)"
+        "permission denied: attaching the eBPF uprobes needs CAP_SYS_ADMIN (missing: {missing}); \
+         run notifier as root, or as the packaged systemd service, whose CapabilityBoundingSet \
+         grants CAP_SYS_ADMIN and CAP_SYS_PTRACE"
     )]
     NotPrivileged { missing: String },
     #[error(
@@ -90,11 +91,16 @@ pub struct Probes {
     pub ebpf: Ebpf,
     /// The libpam files the probes are attached to.
     pub targets: Vec<PathBuf>,
+    /// How many uprobes are attached to each libpam file (re-attachments included).
+    pub attached: Vec<(PathBuf, usize)>,
 }
 
 /// Checks privileges and kernel support, finds libpam, loads the object and attaches every probe.
 pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
     check_privileges()?;
+    for missing in optional_capabilities_missing() {
+        warn!("{missing}.");
+    }
     if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
         return Err(LoadError::NoUprobes);
     }
@@ -122,20 +128,20 @@ pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
             program.load().map_err(|e| LoadError::Program { program: spec.program, reason: format!("{e:#}") })?;
         }
     }
-    let mut attached = 0;
+    let mut attached = Vec::new();
     for target in &targets {
-        attached += attach_target(&mut ebpf, target)?;
+        attached.push((target.clone(), attach_target(&mut ebpf, target)?));
     }
     // Parsing the kernel's BTF and the object allocates tens of MB that are freed by now; hand the
     // pages back so the resident size reflects the daemon's steady state.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     info!(
-        probes = attached,
+        probes = attached.iter().map(|(_, n)| n).sum::<usize>(),
         libpam = %targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
         "Probes attached."
     );
-    Ok(Probes { ebpf, targets })
+    Ok(Probes { ebpf, targets, attached })
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {
@@ -154,6 +160,14 @@ fn attach_target(ebpf: &mut Ebpf, target: &Path) -> Result<usize, LoadError> {
             Err(e) if spec.optional => {
                 debug!(symbol = spec.symbol, path = %target.display(), error = %e, "Optional symbol not attached.");
             }
+            Err(e) if permission_denied(&e) => {
+                return Err(LoadError::NotPrivileged {
+                    missing: format!(
+                        "CAP_SYS_ADMIN: the kernel refused perf_event_open for the uprobe on {} ({e})",
+                        spec.symbol
+                    ),
+                });
+            }
             Err(e) => {
                 return Err(LoadError::Attach {
                     program: spec.program,
@@ -170,7 +184,12 @@ fn attach_target(ebpf: &mut Ebpf, target: &Path) -> Result<usize, LoadError> {
 /// Attaches the probes to the file now at `path` (after a package upgrade replaced it). The
 /// probes on the old file stay, for processes that still map it.
 pub fn reattach(probes: &mut Probes, path: &Path) -> Result<usize, LoadError> {
-    attach_target(&mut probes.ebpf, path)
+    let n = attach_target(&mut probes.ebpf, path)?;
+    match probes.attached.iter_mut().find(|(p, _)| p == path) {
+        Some((_, count)) => *count += n,
+        None => probes.attached.push((path.to_path_buf(), n)),
+    }
+    Ok(n)
 }
 
 /// Watches the directories of the attached libpam files. A package upgrade renames a new file over
@@ -253,11 +272,20 @@ fn permission_error(e: &aya::EbpfError) -> bool {
     text.contains("EPERM") || text.contains("PermissionDenied") || text.contains("Operation not permitted")
 }
 
+/// The attach failed with EACCES or EPERM.
+fn permission_denied(e: &aya::programs::ProgramError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("PermissionDenied") || text.contains("os error 13") || text.contains("os error 1,")
+}
+
 /// Capability numbers from linux/capability.h.
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+/// CAP_SYS_ADMIN covers everything. CAP_BPF with CAP_PERFMON is let through, since some kernels
+/// accept uprobes with them; where the kernel refuses, [`attach_target`] names CAP_SYS_ADMIN.
 fn check_privileges() -> Result<(), LoadError> {
     let Some(eff) = effective_caps() else {
         return Ok(()); // Unknown: let the kernel decide, and map its EPERM.
@@ -266,12 +294,22 @@ fn check_privileges() -> Result<(), LoadError> {
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|(cap, _)| !has(*cap))
-        .map(|(_, name)| name)
-        .collect();
-    Err(LoadError::NotPrivileged { missing: missing.join(", ") })
+    Err(LoadError::NotPrivileged { missing: "CAP_SYS_ADMIN, to load the probes and attach them as uprobes".into() })
+}
+
+/// Capabilities that are useful but not required: what is lost without each, for one warning.
+fn optional_capabilities_missing() -> Vec<&'static str> {
+    let Some(eff) = effective_caps() else { return Vec::new() };
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_SYS_PTRACE) {
+        missing.push(
+            "CAP_SYS_PTRACE is missing: the executable path of callers running as root (sshd, sudo) \
+             cannot be read from /proc, so events show exe=null (the trusted flag is unaffected), \
+             and libpam mapped by a running sshd in a container is not found",
+        );
+    }
+    missing
 }
 
 fn effective_caps() -> Option<u64> {

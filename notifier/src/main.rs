@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use notifier::cli::{Cli, Command};
 
@@ -22,6 +23,9 @@ fn main() -> ExitCode {
             Command::Run(args) => notifier::run::run(args).await,
             Command::CheckConfig { config } => notifier::known::check_config(config),
             Command::Known(args) => notifier::known::run(args),
+            Command::Generate { what } => {
+                notifier::cli::generate(what, &mut std::io::stdout().lock()).context("writing to stdout")
+            }
             Command::TestAlert { config, sink } => {
                 let config = notifier::run::load_config(config.as_deref())?;
                 if notifier::alert::test_alert(&config, sink.as_deref()).await? {

@@ -8,7 +8,15 @@
 //! Reverse DNS runs concurrently per event with its own timeout; output stays in order, and no
 //! event waits longer than the timeout for a lookup that started when it arrived.
 
-use std::{future::Future, io, net::IpAddr, path::PathBuf, pin::Pin};
+use std::{
+    future::Future,
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use futures_util::{stream::FuturesOrdered, StreamExt as _};
@@ -26,8 +34,9 @@ use crate::{
     },
     event::{self, escape_text, EventKind, Format, LoginEvent, LostEvent},
     loader,
+    metrics::Metrics,
     policy::{self, bruteforce, Decision, Facts, Verdict},
-    procinfo,
+    procinfo, service,
     session::{Assembler, DEFAULT_CAPACITY},
     source::Source,
     state::history::{Sighting, Store},
@@ -210,11 +219,11 @@ pub struct RunArgs {
 }
 
 /// Loads `--config`, or the default file if it exists, or the defaults.
-pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
         Some(path) => Ok(Config::load(path)?),
         None => {
-            let default = std::path::Path::new(config::DEFAULT_PATH);
+            let default = Path::new(config::DEFAULT_PATH);
             if default.exists() {
                 Ok(Config::load(default)?)
             } else {
@@ -356,6 +365,69 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Applies the config at `path` again (SIGHUP). Everything that can fail is built before
+    /// anything is swapped, so a bad config leaves the running one untouched. The probes stay
+    /// attached throughout: events that arrive meanwhile wait in the ring buffer.
+    fn reload(
+        &mut self,
+        path: Option<&Path>,
+        dispatcher: &mut Dispatcher,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<()> {
+        let mut new = load_config(path)?;
+        let geo = GeoDb::open(&new.geoip)?;
+        // What cannot change while running keeps its old value, with a warning.
+        let fixed = [
+            ("state_dir", new.state_dir != self.config.state_dir),
+            ("host", new.host != self.config.host),
+            ("capture.libpam", new.capture.libpam != self.config.capture.libpam),
+            ("metrics", new.metrics != self.config.metrics),
+        ];
+        for (key, _) in fixed.iter().filter(|(_, changed)| *changed) {
+            warn!(key, "This setting changed, but takes effect only after a restart (systemctl restart notifier).");
+        }
+        new.state_dir.clone_from(&self.config.state_dir);
+        new.host.clone_from(&self.config.host);
+        new.capture.libpam.clone_from(&self.config.capture.libpam);
+        new.metrics = self.config.metrics;
+        if new.sinks != self.config.sinks || new.alerts != self.config.alerts {
+            // On this single-threaded runtime the new tasks first run after this returns, when
+            // the old ones are already aborted; they then load what the old ones left spooled.
+            let fresh = Dispatcher::start(&new.sinks, &new.alerts, &new.state_dir, self.host.clone(), metrics.clone())?;
+            std::mem::replace(dispatcher, fresh).abort();
+        }
+        if new.rdns != self.config.rdns {
+            self.rdns = Rdns::new(&new.rdns);
+        }
+        if new.brute_force != self.config.brute_force {
+            self.brute = bruteforce::Detector::new(new.brute_force.failures, new.brute_force.window_secs);
+        }
+        self.geo = geo;
+        self.config = new;
+        Ok(())
+    }
+}
+
+/// Counts what is about to be written.
+fn count(metrics: &Metrics, out: &Output) {
+    match out {
+        Output::Login(j) => {
+            metrics.event(j.login.event.as_str());
+            if let Some(v) = j.verdict {
+                metrics.verdict(v.as_str());
+            }
+        }
+        Output::BruteForce(b) => {
+            metrics.event(b.event);
+            metrics.verdict(b.verdict.as_str());
+        }
+        Output::Lost(l) => {
+            metrics.events_lost.inc_by(l.lost);
+        }
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let format = if args.json { Format::Json } else { Format::Text };
     let config = load_config(args.config.as_deref())?;
@@ -364,6 +436,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         info!("GeoIP enrichment is off: no geoip.country_db or geoip.asn_db in the config.");
     }
     let store = Store::open(&config.state_dir, unix_now())?;
+    let metrics = Arc::new(Metrics::default());
+    if config.metrics.enabled {
+        crate::metrics::serve(config.metrics.listen, metrics.clone(), config.state_dir.join("spool")).await?;
+    }
     let mut ctx = procinfo::host_context();
     if let Some(host) = &config.host {
         ctx.host.clone_from(host);
@@ -376,29 +452,40 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         store,
         config,
     };
-    let mut dispatcher =
-        Dispatcher::start(&daemon.config.sinks, &daemon.config.alerts, &daemon.config.state_dir, daemon.host.clone())?;
+    let mut dispatcher = Dispatcher::start(
+        &daemon.config.sinks,
+        &daemon.config.alerts,
+        &daemon.config.state_dir,
+        daemon.host.clone(),
+        metrics.clone(),
+    )?;
     if dispatcher.is_empty() {
         info!("No [[sink]] configured: alerts are only marked in the output.");
     }
-    let health = daemon.config.alerts.clone();
     let mut probes = match loader::load(&daemon.config.capture.libpam) {
         Ok(p) => p,
         Err(e) => {
-            if health.health_attach && !dispatcher.is_empty() {
+            if daemon.config.alerts.health_attach && !dispatcher.is_empty() {
                 let text = format!("notifier could not start watching logins: {e}");
                 dispatcher.submit(alert::internal_alert(AlertKind::Health, &daemon.host, text));
-                dispatcher.shutdown(std::time::Duration::from_secs(10)).await;
+                dispatcher.shutdown(Duration::from_secs(10)).await;
             }
             return Err(e.into());
         }
     };
+    for (path, n) in &probes.attached {
+        metrics.attached(path, *n);
+    }
     let mut source = Source::new(&mut probes)?;
     let mut assembler = Assembler::new(ctx, procinfo::ProcFs::default(), DEFAULT_CAPACITY);
     info!(history = %daemon.store.path().display(), "Streaming login events.");
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    service::ready("watching PAM logins");
+    // Only under systemd with WatchdogSec=: no timer otherwise, so an idle daemon never wakes.
+    let mut watchdog = service::watchdog_interval().map(tokio::time::interval);
     let mut stdout = io::stdout().lock();
     let mut records = Vec::with_capacity(256);
     let mut pending: Pending = FuturesOrdered::new();
@@ -410,14 +497,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut libpam = loader::watch_libpam(&probes);
     while !stopping || !pending.is_empty() {
         let summary_due = dispatcher.summary_due();
+        let health = &daemon.config.alerts;
         tokio::select! {
             biased;
+            _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                service::watchdog();
+                continue;
+            }
             _ = tokio::time::sleep_until(summary_due.unwrap_or_else(std::time::Instant::now).into()), if summary_due.is_some() => {
                 dispatcher.roll();
                 continue;
             }
             Some(path) = loader::next_replaced(&mut libpam) => {
                 let text = loader::handle_replaced(&mut probes, &path);
+                for (path, n) in &probes.attached {
+                    metrics.attached(path, *n);
+                }
                 if health.health_attach {
                     dispatcher.submit(alert::internal_alert(AlertKind::Health, &daemon.host, text));
                 }
@@ -437,9 +532,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 continue;
             }
+            _ = sighup.recv(), if !stopping => {
+                service::reloading();
+                match daemon.reload(args.config.as_deref(), &mut dispatcher, &metrics) {
+                    Ok(()) => {
+                        metrics.reload(true);
+                        info!("Config reloaded.");
+                    }
+                    Err(e) => {
+                        metrics.reload(false);
+                        warn!("Config reload failed; still running on the previous config: {e:#}");
+                    }
+                }
+                service::ready("watching PAM logins");
+                continue;
+            }
             res = source.next_batch(&mut records), if !stopping => res.context("reading the ring buffer")?,
             _ = sigterm.recv(), if !stopping => { stopping = true; source.drain(&mut records); }
             _ = sigint.recv(), if !stopping => { stopping = true; source.drain(&mut records); }
+        }
+        if stopping {
+            service::stopping();
         }
         let mut events = Vec::new();
         for record in records.drain(..) {
@@ -451,9 +564,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Output::BruteForce(b) if b.alert => dispatcher.submit(b.alert()),
                 _ => {}
             }
+            count(&metrics, &out);
             daemon.queue(&mut pending, out);
         }
         if let Some(lost) = losses.check(&source, assembler.evicted)? {
+            let health = &daemon.config.alerts;
             let quiet = loss_alerted.is_none_or(|at| at.elapsed() >= health.cooldown);
             if health.health_events_lost && quiet {
                 loss_alerted = Some(std::time::Instant::now());
@@ -463,10 +578,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 );
                 dispatcher.submit(alert::internal_alert(AlertKind::Health, &daemon.host, text));
             }
-            daemon.queue(&mut pending, Output::Lost(lost));
+            let out = Output::Lost(lost);
+            count(&metrics, &out);
+            daemon.queue(&mut pending, out);
         }
     }
-    if health.health_stopping {
+    if daemon.config.alerts.health_stopping {
         dispatcher.submit(alert::internal_alert(
             AlertKind::Health,
             &daemon.host,
@@ -474,10 +591,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
     // Give pending alerts a moment; what is left stays spooled for the next start.
-    dispatcher.shutdown(std::time::Duration::from_secs(5)).await;
+    dispatcher.shutdown(Duration::from_secs(5)).await;
     if source.decode_errors > 0 {
         warn!(count = source.decode_errors, "Some kernel records could not be decoded.");
     }
+    drop(source);
+    drop(probes);
     info!("Stopped; probes detached.");
     Ok(())
 }

@@ -18,7 +18,7 @@ use super::{
     spool::{self, now_ms, Entry, RetryPolicy, SinkHealth, Spool},
     Alert, AlertKind,
 };
-use crate::config::Alerts;
+use crate::{config::Alerts, metrics::Metrics};
 
 struct Handle {
     name: String,
@@ -35,6 +35,7 @@ pub struct Dispatcher {
     /// Reports from sink tasks about failing deliveries.
     pub health: mpsc::UnboundedReceiver<SinkHealth>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The HTTP client shared by the HTTP sinks.
@@ -49,18 +50,29 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 
 impl Dispatcher {
     /// Builds every sink and starts its delivery task (which first delivers what a previous run
-    /// left in its spool).
-    pub fn start(sinks: &[RawSink], alerts: &Alerts, state_dir: &Path, host: String) -> anyhow::Result<Self> {
+    /// left in its spool). Every sink is built before any task starts, so an error leaves nothing
+    /// running.
+    pub fn start(
+        sinks: &[RawSink],
+        alerts: &Alerts,
+        state_dir: &Path,
+        host: String,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let client = http_client()?;
         let policy =
             RetryPolicy { initial: alerts.retry_initial, max_delay: alerts.retry_max, max_age: alerts.max_age };
-        let (health_tx, health) = mpsc::unbounded_channel();
-        let mut handles = Vec::new();
-        let mut tasks = Vec::new();
+        let mut built = Vec::new();
         for raw in sinks {
             let sink = Sink::build(raw, &client).map_err(|e| anyhow::anyhow!("sink {:?}: {e}", raw.name))?;
             let spool = Spool::open(spool_dir(state_dir, &raw.name), state_dir)
                 .with_context(|| format!("opening the spool of sink {:?}", raw.name))?;
+            built.push((raw, sink, spool));
+        }
+        let (health_tx, health) = mpsc::unbounded_channel();
+        let mut handles = Vec::new();
+        let mut tasks = Vec::new();
+        for (raw, sink, spool) in built {
             let (tx, rx) = mpsc::channel(1024);
             tasks.push(tokio::spawn(spool::deliver(
                 raw.name.clone(),
@@ -69,6 +81,7 @@ impl Dispatcher {
                 policy,
                 rx,
                 health_tx.clone(),
+                metrics.clone(),
             )));
             handles.push(Handle { name: raw.name.clone(), when: raw.when.clone(), spool, tx });
         }
@@ -79,6 +92,7 @@ impl Dispatcher {
             host,
             health,
             tasks,
+            metrics,
         })
     }
 
@@ -95,6 +109,7 @@ impl Dispatcher {
             match self.limiter.check(&alert, Instant::now()) {
                 ratelimit::Verdict::Send => {}
                 held => {
+                    self.metrics.alerts_held.inc();
                     tracing::debug!(alert = %alert.id, ?held, "Alert held back by the rate limit; it will be summarised.");
                     return;
                 }
@@ -131,7 +146,17 @@ impl Dispatcher {
     /// in the spools for the next start.
     pub async fn shutdown(self, grace: Duration) {
         drop(self.sinks);
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
         let all = futures_util::future::join_all(self.tasks);
-        let _ = tokio::time::timeout(grace, all).await;
+        if tokio::time::timeout(grace, all).await.is_err() {
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+    }
+
+    /// Stops every delivery task at once (on a config reload). What they had not delivered is in
+    /// the spool, where the next dispatcher finds it; a send cut off mid-way may be repeated,
+    /// which the idempotency key covers.
+    pub fn abort(self) {
+        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }

@@ -23,6 +23,7 @@ use super::{
     sink::{Sink, SinkError},
     Alert,
 };
+use crate::metrics::Metrics;
 
 /// One pending delivery.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,8 +150,10 @@ pub async fn deliver(
     policy: RetryPolicy,
     mut rx: mpsc::Receiver<Entry>,
     health: mpsc::UnboundedSender<SinkHealth>,
+    metrics: Arc<Metrics>,
 ) {
     let mut pending = spool.load();
+    metrics.pending(&name, pending.len());
     if !pending.is_empty() {
         info!(sink = %name, count = pending.len(), "Delivering alerts spooled before the last stop.");
     }
@@ -173,19 +176,24 @@ pub async fn deliver(
                         warn!(sink = %name, error = %e, "Delivered, but the spool file could not be removed.");
                     }
                     info!(sink = %name, alert = %entry.alert.id, attempts = entry.attempts + 1, "Alert delivered.");
+                    Metrics::sink(&metrics.alerts_sent, &name);
                     pending.remove(i);
                 }
                 Err(SinkError::Permanent(e)) => {
                     warn!(sink = %name, alert = %entry.alert.id, error = %e, "Delivery failed permanently; alert moved to the dead-letter file.");
                     let _ = spool.dead(&name, entry, &e);
+                    Metrics::sink(&metrics.alerts_failed, &name);
+                    Metrics::sink(&metrics.alerts_dead, &name);
                     pending.remove(i);
                 }
                 Err(SinkError::Transient(e)) => {
+                    Metrics::sink(&metrics.alerts_failed, &name);
                     entry.attempts += 1;
                     let age = Duration::from_millis(u64::try_from(now - entry.spooled_ms).unwrap_or(0));
                     if age >= policy.max_age {
                         warn!(sink = %name, alert = %entry.alert.id, error = %e, "Alert expired after retrying; moved to the dead-letter file.");
                         let _ = spool.dead(&name, entry, &format!("expired after {} attempts: {e}", entry.attempts));
+                        Metrics::sink(&metrics.alerts_dead, &name);
                         pending.remove(i);
                         continue;
                     }
@@ -203,6 +211,7 @@ pub async fn deliver(
                 }
             }
         }
+        metrics.pending(&name, pending.len());
         if !open && pending.is_empty() {
             return;
         }
@@ -210,7 +219,10 @@ pub async fn deliver(
         let wait = next.map(|n| Duration::from_millis(u64::try_from(n - now_ms()).unwrap_or(0)));
         tokio::select! {
             msg = rx.recv(), if open => match msg {
-                Some(entry) => pending.push(entry),
+                Some(entry) => {
+                    pending.push(entry);
+                    metrics.pending(&name, pending.len());
+                }
                 None => open = false,
             },
             _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {}

@@ -87,8 +87,22 @@ pub struct RawConfig {
     pub geoip: RawGeoip,
     pub rdns: RawRdns,
     pub alerts: RawAlerts,
+    pub metrics: RawMetrics,
     /// `[[sink]]` tables: where alerts go.
     pub sink: Vec<RawSink>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 9880)) }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -216,8 +230,16 @@ pub struct Config {
     pub geoip: Geoip,
     pub rdns: Rdns,
     pub alerts: Alerts,
+    pub metrics: Metrics,
     #[serde(rename = "sink")]
     pub sinks: Vec<RawSink>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Metrics {
+    pub enabled: bool,
+    pub listen: SocketAddr,
 }
 
 /// Rate limits and retries of alert delivery.
@@ -399,6 +421,7 @@ impl Config {
                 health_sink_failing: Duration::from_secs(raw.alerts.health_sink_failing_secs),
                 health_stopping: raw.alerts.health_stopping,
             },
+            metrics: Metrics { enabled: raw.metrics.enabled, listen: raw.metrics.listen },
             sinks: raw.sink,
         })
     }

@@ -1,0 +1,184 @@
+//! Prometheus metrics of the daemon, and the optional endpoint that serves them (`[metrics]` in the
+//! config; bound to 127.0.0.1 by default). The counters are updated where the work happens; the
+//! endpoint only encodes them, so a scrape never touches the event path.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, header, Request, Response, StatusCode};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tracing::{debug, info};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LibpamLabel {
+    pub libpam: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+/// Every metric the daemon keeps. Cheap to clone (each metric is an `Arc` inside).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub events: Family<EventLabel, Counter>,
+    pub events_lost: Counter,
+    pub verdicts: Family<VerdictLabel, Counter>,
+    pub alerts_sent: Family<SinkLabel, Counter>,
+    pub alerts_failed: Family<SinkLabel, Counter>,
+    pub alerts_dead: Family<SinkLabel, Counter>,
+    pub alerts_pending: Family<SinkLabel, Gauge>,
+    pub alerts_held: Counter,
+    pub spool_depth: Gauge,
+    pub probes_attached: Family<LibpamLabel, Gauge>,
+    pub reloads: Family<ResultLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn event(&self, event: &str) {
+        self.events.get_or_create(&EventLabel { event: event.into() }).inc();
+    }
+
+    pub fn verdict(&self, verdict: &str) {
+        self.verdicts.get_or_create(&VerdictLabel { verdict: verdict.into() }).inc();
+    }
+
+    pub fn sink(family: &Family<SinkLabel, Counter>, sink: &str) {
+        family.get_or_create(&SinkLabel { sink: sink.into() }).inc();
+    }
+
+    pub fn pending(&self, sink: &str, n: usize) {
+        self.alerts_pending.get_or_create(&SinkLabel { sink: sink.into() }).set(n as i64);
+    }
+
+    pub fn attached(&self, libpam: &Path, probes: usize) {
+        self.probes_attached.get_or_create(&LibpamLabel { libpam: libpam.display().to_string() }).set(probes as i64);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabel { result: if ok { "ok" } else { "failed" }.into() }).inc();
+    }
+
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("notifier");
+        r.register("events", "Login events reported, by kind", self.events.clone());
+        r.register("events_lost", "Events lost in the kernel or the session table", self.events_lost.clone());
+        r.register("verdicts", "Verdicts on session_open events", self.verdicts.clone());
+        r.register("alerts_sent", "Alerts delivered, per sink", self.alerts_sent.clone());
+        r.register("alerts_failed", "Failed delivery attempts, per sink", self.alerts_failed.clone());
+        r.register("alerts_dead_lettered", "Alerts moved to the dead-letter file, per sink", self.alerts_dead.clone());
+        r.register("alerts_pending", "Alerts waiting for delivery, per sink", self.alerts_pending.clone());
+        r.register("alerts_held", "Alerts held back by the rate limit", self.alerts_held.clone());
+        r.register("spool_depth", "Alert files in the spool, all sinks", self.spool_depth.clone());
+        r.register("probes_attached", "Uprobes attached, per libpam file", self.probes_attached.clone());
+        r.register("config_reloads", "Config reloads (SIGHUP), by result", self.reloads.clone());
+        r
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
+        out
+    }
+}
+
+/// Number of spooled alert files under `spool_root` (one directory per sink).
+fn spool_files(spool_root: &Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(spool_root) else { return 0 };
+    dirs.flatten()
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .map(|files| files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "json")).count())
+        .sum()
+}
+
+/// Binds `listen` now (so a taken port is a start-up error) and serves `GET /metrics` from a task.
+pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, spool_root: PathBuf) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("metrics.listen = \"{listen}\": cannot listen there ({e}); choose a free address and port, or set metrics.enabled = false")
+    })?;
+    info!(address = %listen, "Serving Prometheus metrics at /metrics.");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (metrics, spool_root) = (metrics.clone(), spool_root.clone());
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (metrics, spool_root) = (metrics.clone(), spool_root.clone());
+                async move { Ok::<_, Infallible>(respond(&req, &metrics, &spool_root)) }
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                    debug!(error = %e, "Metrics connection ended with an error.");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics, spool_root: &Path) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, kind: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => {
+            metrics.spool_depth.set(spool_files(spool_root) as i64);
+            reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+        }
+        (&hyper::Method::GET, _) => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics\n".into()),
+        _ => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters_with_labels() {
+        let m = Metrics::default();
+        m.event("session_open");
+        m.event("session_open");
+        m.verdict("first_login");
+        Metrics::sink(&m.alerts_sent, "webhook:ops");
+        m.attached(Path::new("/lib/x86_64-linux-gnu/libpam.so.0"), 12);
+        m.events_lost.inc_by(3);
+        let text = m.encode();
+        assert!(text.contains("notifier_events_total{event=\"session_open\"} 2\n"), "{text}");
+        assert!(text.contains("notifier_verdicts_total{verdict=\"first_login\"} 1\n"), "{text}");
+        assert!(text.contains("notifier_alerts_sent_total{sink=\"webhook:ops\"} 1\n"), "{text}");
+        assert!(text.contains("notifier_events_lost_total 3\n"), "{text}");
+        assert!(text.contains("notifier_probes_attached{libpam=\"/lib/x86_64-linux-gnu/libpam.so.0\"} 12\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
