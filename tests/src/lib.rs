@@ -197,14 +197,19 @@ impl Notifier {
 
     /// Starts `notifier ARGS` and waits until its probes are attached.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(notifier_bin())
-            .args(args)
+        let mut cmd = Command::new(notifier_bin());
+        cmd.args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (notifier, perhaps through a wrapper such as setpriv, perhaps with extra
+    /// environment) and waits until its probes are attached.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("starting {}: {e} (build it with `cargo xtask build`)", notifier_bin().display())
-            });
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e} (build notifier with `cargo xtask build`)"));
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -270,6 +275,29 @@ impl Notifier {
             }
         }
         lines
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with a pid we own (not yet reaped, so it cannot have been reused).
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until stderr contains `text`; false after `timeout`.
+    pub fn wait_stderr(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Kills notifier with SIGKILL, as a crash would.
@@ -865,6 +893,24 @@ impl Drop for SmtpServer {
 }
 
 /// A port on 127.0.0.1 with nothing listening (until a test binds it).
+/// The body of `GET path` from an HTTP server on 127.0.0.1:`port`.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    body.to_string()
+}
+
+/// The value of the Prometheus sample `name{labels}` (written exactly as exposed) in `text`.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn unused_port() -> u16 {
     free_port()
 }

@@ -17,6 +17,8 @@ use notifier_tests::*;
 mod alerts;
 #[path = "kernel/daemon.rs"]
 mod daemon;
+#[path = "kernel/service.rs"]
+mod service;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -298,6 +300,6 @@ fn errors_name_the_problem_and_the_fix() {
         .expect("setpriv notifier");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("permission denied") && err.contains("CAP_BPF"), "{err}");
+    assert!(err.contains("permission denied") && err.contains("CAP_SYS_ADMIN"), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "one error line: {err}");
 }
