@@ -283,6 +283,10 @@ impl Notifier {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -92,7 +92,8 @@ const LLVM_MAJOR: &str = "22";
 /// Debian packages needed to build: LLVM for bpf-linker.
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev"];
 /// Debian packages the integration tests drive: real sshd, ssh, sshpass, pamtester, setpriv,
-/// aiosmtpd (a real SMTP server), and for the packaging check man-db and systemd-analyze.
+/// aiosmtpd (a real SMTP server), strace (to check the unit's system call filter), and for the
+/// packaging check man-db and systemd-analyze.
 const TEST_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
@@ -100,6 +101,7 @@ const TEST_PACKAGES: &[&str] = &[
     "pamtester",
     "util-linux",
     "python3-aiosmtpd",
+    "strace",
     "man-db",
     "systemd",
 ];

@@ -258,3 +258,73 @@ fn sighup_keeps_a_bad_config_applies_a_good_one_and_misses_no_login_and_metrics_
     assert!(listening.lines().any(|l| l.split_whitespace().nth(1) == Some(local.as_str())), "127.0.0.1:{port}");
     assert!(!listening.lines().any(|l| l.split_whitespace().nth(1) == Some(format!("00000000:{port:04X}").as_str())));
 }
+
+/// The system calls a `SystemCallFilter=` list allows (or denies), groups expanded by
+/// `systemd-analyze syscall-filter`.
+fn syscalls(entries: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for entry in entries {
+        if !entry.starts_with('@') {
+            out.insert(entry.to_string());
+            continue;
+        }
+        let listing = run(Command::new("systemd-analyze").args(["syscall-filter", entry]));
+        let members: Vec<&str> =
+            listing.lines().skip(1).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        out.extend(syscalls(&members));
+    }
+    out
+}
+
+#[test]
+fn every_system_call_the_daemon_makes_passes_the_units_filter() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // The unit's filter: the allow list, minus the `~` lists.
+    let unit = unit_text();
+    let lines: Vec<&str> = unit.lines().filter_map(|l| l.strip_prefix("SystemCallFilter=")).collect();
+    let allow: Vec<&str> = lines.iter().filter(|l| !l.starts_with('~')).flat_map(|l| l.split_whitespace()).collect();
+    let deny: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix('~')).flat_map(|l| l.split_whitespace()).collect();
+    assert!(!allow.is_empty(), "the unit has an allow list");
+    let (allowed, denied) = (syscalls(&allow), syscalls(&deny));
+
+    // The daemon's whole life under strace: attach, sessions, an alert to a webhook that fails
+    // and one that succeeds, a metrics scrape, a reload, and SIGTERM.
+    let service = PamService::permit("ntsys");
+    let receiver = HttpReceiver::start();
+    let port = unused_port();
+    let d = DaemonLab::new(|_| config(&service.name, port, &receiver.url("/hook"), ""));
+    let trace = d.lab.path("strace.out");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o"]).arg(&trace).arg(notifier_bin()).args(["run", "--json", "--config"]).arg(&d.config);
+    let mut n = Notifier::spawn(cmd);
+    one_session(&service.name, "sysuser", "127.0.0.10");
+    wait_for(&n, "sysuser", "session_close");
+    receiver.wait(Duration::from_secs(10), |r| !r.is_empty());
+    assert!(http_get(port, "/metrics").contains("notifier_events_total"));
+    // The signal goes to notifier itself, not to strace.
+    let children = format!("/proc/{0}/task/{0}/children", n.pid());
+    let pid: i32 = fs::read_to_string(&children).expect("strace's child").trim().parse().expect("a pid");
+    // SAFETY: kill with the pid of a live child of our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert!(n.wait_stderr("Config reloaded.", Duration::from_secs(10)), "{}", n.stderr());
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(n.wait_stderr("Stopped; probes detached.", Duration::from_secs(20)), "{}", n.stderr());
+    drop(n);
+
+    let text = fs::read_to_string(&trace).expect("strace output");
+    let used: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.split('(').next())
+        .filter(|name| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(used.contains("bpf") && used.contains("perf_event_open"), "the trace covers the attach: {used:?}");
+    let refused: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s) || denied.contains(*s)).collect();
+    assert!(refused.is_empty(), "system calls the unit's SystemCallFilter would refuse: {refused:?}");
+    eprintln!("{} distinct system calls, all allowed by the unit", used.len());
+}
