@@ -272,10 +272,17 @@ fn permission_error(e: &aya::EbpfError) -> bool {
     text.contains("EPERM") || text.contains("PermissionDenied") || text.contains("Operation not permitted")
 }
 
-/// The attach failed with EACCES or EPERM.
-fn permission_denied(e: &aya::programs::ProgramError) -> bool {
-    let text = format!("{e:?}");
-    text.contains("PermissionDenied") || text.contains("os error 13") || text.contains("os error 1,")
+/// The attach failed with EACCES or EPERM somewhere down the error's source chain.
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        let os = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error);
+        if matches!(os, Some(libc::EACCES | libc::EPERM)) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Capability numbers from linux/capability.h.
