@@ -298,7 +298,7 @@ fn every_system_call_the_daemon_makes_passes_the_units_filter() {
     let trace = d.lab.path("strace.out");
     let mut cmd = Command::new("strace");
     cmd.args(["-f", "-qq", "-o"]).arg(&trace).arg(notifier_bin()).args(["run", "--json", "--config"]).arg(&d.config);
-    let mut n = Notifier::spawn(cmd);
+    let n = Notifier::spawn(cmd);
     one_session(&service.name, "sysuser", "127.0.0.10");
     wait_for(&n, "sysuser", "session_close");
     receiver.wait(Duration::from_secs(10), |r| !r.is_empty());
