@@ -69,7 +69,7 @@ pub struct LoginEvent {
 }
 
 /// Records the kernel or userspace could not deliver, reported as their own event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LostEvent {
     pub time: String,
     pub event: &'static str,

@@ -24,6 +24,11 @@ pub struct EventLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabel {
     pub verdict: String,
 }
@@ -47,7 +52,8 @@ pub struct ResultLabel {
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub events: Family<EventLabel, Counter>,
-    pub events_lost: Counter,
+    pub events_lost: Family<CauseLabel, Counter>,
+    pub records: Counter,
     pub verdicts: Family<VerdictLabel, Counter>,
     pub alerts_sent: Family<SinkLabel, Counter>,
     pub alerts_failed: Family<SinkLabel, Counter>,
@@ -62,6 +68,21 @@ pub struct Metrics {
 impl Metrics {
     pub fn event(&self, event: &str) {
         self.events.get_or_create(&EventLabel { event: event.into() }).inc();
+    }
+
+    /// Adds the losses of one `events_lost` report, by cause.
+    pub fn lost(&self, l: &crate::event::LostEvent) {
+        for (cause, n) in [
+            ("ring_full", l.ring_full),
+            ("inflight_full", l.inflight_full),
+            ("handles_full", l.handles_full),
+            ("read_failed", l.read_failed),
+            ("no_entry", l.no_entry),
+            ("session_table_full", l.session_table_full),
+        ] {
+            // Every cause is exposed, at zero too, so that a query never finds it missing.
+            self.events_lost.get_or_create(&CauseLabel { cause: cause.into() }).inc_by(n);
+        }
     }
 
     pub fn verdict(&self, verdict: &str) {
@@ -87,7 +108,12 @@ impl Metrics {
     fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("notifier");
         r.register("events", "Login events reported, by kind", self.events.clone());
-        r.register("events_lost", "Events lost in the kernel or the session table", self.events_lost.clone());
+        r.register(
+            "events_lost",
+            "Records lost in the kernel, or sessions evicted from the table, by cause",
+            self.events_lost.clone(),
+        );
+        r.register("kernel_records", "Records read from the kernel's ring buffer", self.records.clone());
         r.register("verdicts", "Verdicts on session_open events", self.verdicts.clone());
         r.register("alerts_sent", "Alerts delivered, per sink", self.alerts_sent.clone());
         r.register("alerts_failed", "Failed delivery attempts, per sink", self.alerts_failed.clone());
@@ -172,12 +198,13 @@ mod tests {
         m.verdict("first_login");
         Metrics::sink(&m.alerts_sent, "webhook:ops");
         m.attached(Path::new("/lib/x86_64-linux-gnu/libpam.so.0"), 12);
-        m.events_lost.inc_by(3);
+        m.lost(&crate::event::LostEvent { ring_full: 3, lost: 3, ..Default::default() });
         let text = m.encode();
         assert!(text.contains("notifier_events_total{event=\"session_open\"} 2\n"), "{text}");
         assert!(text.contains("notifier_verdicts_total{verdict=\"first_login\"} 1\n"), "{text}");
         assert!(text.contains("notifier_alerts_sent_total{sink=\"webhook:ops\"} 1\n"), "{text}");
-        assert!(text.contains("notifier_events_lost_total 3\n"), "{text}");
+        assert!(text.contains("notifier_events_lost_total{cause=\"ring_full\"} 3\n"), "{text}");
+        assert!(text.contains("notifier_events_lost_total{cause=\"no_entry\"} 0\n"), "{text}");
         assert!(text.contains("notifier_probes_attached{libpam=\"/lib/x86_64-linux-gnu/libpam.so.0\"} 12\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

@@ -248,6 +248,8 @@ struct Daemon {
     store: Store,
     brute: bruteforce::Detector,
     host: String,
+    /// The last history save failed (logged once per streak).
+    history_failing: bool,
 }
 
 impl Daemon {
@@ -285,30 +287,43 @@ impl Daemon {
             })
             .collect();
 
-        // Decide and learn under the lock, on the newest history, then persist before output.
+        // Decide and learn under the lock, on the newest history, then persist before output. If
+        // the history cannot be written (a full disk), verdicts go on from memory, events still
+        // stream, and the failure is logged once until a save succeeds again.
         if judged.iter().any(|j| j.login.event == EventKind::SessionOpen) {
             let policy = &self.config.policy;
-            self.store
-                .update(|history| {
-                    for j in judged.iter_mut().filter(|j| j.login.event == EventKind::SessionOpen) {
-                        let user = j.login.user.as_deref().unwrap_or("");
-                        let facts = Facts {
-                            user,
-                            ip: j.login.peer.map(|p| p.ip),
-                            trusted: j.login.trusted,
-                            asn: j.asn.as_ref().map(|a| a.number),
-                            country: j.geo.as_ref().and_then(|g| g.country.as_deref()),
-                        };
-                        let Decision { verdict, reason, alert, learning } =
-                            policy::decide(policy, history, &facts, now);
-                        if let (Some(ip), true) = (facts.ip, facts.trusted) {
-                            history.record(&Sighting { user, ip, asn: facts.asn, country: facts.country }, now);
-                        }
-                        (j.verdict, j.reason, j.alert, j.learning) = (Some(verdict), Some(reason), alert, learning);
+            let ((), saved) = self.store.update_or_keep(|history| {
+                for j in judged.iter_mut().filter(|j| j.login.event == EventKind::SessionOpen) {
+                    let user = j.login.user.as_deref().unwrap_or("");
+                    let facts = Facts {
+                        user,
+                        ip: j.login.peer.map(|p| p.ip),
+                        trusted: j.login.trusted,
+                        asn: j.asn.as_ref().map(|a| a.number),
+                        country: j.geo.as_ref().and_then(|g| g.country.as_deref()),
+                    };
+                    let Decision { verdict, reason, alert, learning } = policy::decide(policy, history, &facts, now);
+                    if let (Some(ip), true) = (facts.ip, facts.trusted) {
+                        history.record(&Sighting { user, ip, asn: facts.asn, country: facts.country }, now);
                     }
-                    history.expire(now, policy.expire_days);
-                })
-                .context("saving the login history")?;
+                    (j.verdict, j.reason, j.alert, j.learning) = (Some(verdict), Some(reason), alert, learning);
+                }
+                history.expire(now, policy.expire_days);
+            });
+            match (saved, self.history_failing) {
+                (Ok(()), true) => {
+                    self.history_failing = false;
+                    info!(history = %self.store.path().display(), "The login history is saved again.");
+                }
+                (Err(e), false) => {
+                    self.history_failing = true;
+                    warn!(
+                        "Cannot save the login history ({e}); events still stream and verdicts use what is \
+                         known, and what is learned meanwhile is saved once this is fixed (is the disk full?)"
+                    );
+                }
+                _ => {}
+            }
         }
 
         let mut out = Vec::with_capacity(judged.len());
@@ -422,9 +437,7 @@ fn count(metrics: &Metrics, out: &Output) {
             metrics.event(b.event);
             metrics.verdict(b.verdict.as_str());
         }
-        Output::Lost(l) => {
-            metrics.events_lost.inc_by(l.lost);
-        }
+        Output::Lost(l) => metrics.lost(l),
     }
 }
 
@@ -437,6 +450,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let store = Store::open(&config.state_dir, unix_now())?;
     let metrics = Arc::new(Metrics::default());
+    metrics.lost(&LostEvent::default());
     if config.metrics.enabled {
         crate::metrics::serve(config.metrics.listen, metrics.clone(), config.state_dir.join("spool")).await?;
     }
@@ -451,6 +465,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         geo,
         store,
         config,
+        history_failing: false,
     };
     let mut dispatcher = Dispatcher::start(
         &daemon.config.sinks,
@@ -495,6 +510,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Loss can go on for a while: at most one health alert about it per cooldown.
     let mut loss_alerted: Option<std::time::Instant> = None;
     let mut libpam = loader::watch_libpam(&probes);
+    let mut records_counted = 0;
     while !stopping || !pending.is_empty() {
         let summary_due = dispatcher.summary_due();
         let health = &daemon.config.alerts;
@@ -554,6 +570,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if stopping {
             service::stopping();
         }
+        metrics.records.inc_by(source.records - records_counted);
+        records_counted = source.records;
         let mut events = Vec::new();
         for record in records.drain(..) {
             assembler.push(&record, &mut events);

@@ -130,6 +130,8 @@ pub struct Source {
     lost: PerCpuArray<MapData, u64>,
     /// Records that failed to decode (a version mismatch would show here).
     pub decode_errors: u64,
+    /// Records read from the ring buffer since load; with the loss counters, what the probes wrote.
+    pub records: u64,
 }
 
 impl Source {
@@ -144,13 +146,13 @@ impl Source {
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| e.into_parts().1)
             .context("registering the ring buffer with the event loop")?;
-        Ok(Self { ring, lost, decode_errors: 0 })
+        Ok(Self { ring, lost, decode_errors: 0, records: 0 })
     }
 
     /// Waits until records are available, then appends every available record to `out`.
     pub async fn next_batch(&mut self, out: &mut Vec<Record>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
-        Self::drain_into(guard.get_inner_mut(), out, &mut self.decode_errors);
+        self.records += Self::drain_into(guard.get_inner_mut(), out, &mut self.decode_errors);
         guard.clear_ready();
         Ok(())
     }
@@ -158,11 +160,14 @@ impl Source {
     /// Appends every record available now, without waiting.
     pub fn drain(&mut self, out: &mut Vec<Record>) {
         let ring = self.ring.get_mut();
-        Self::drain_into(ring, out, &mut self.decode_errors);
+        self.records += Self::drain_into(ring, out, &mut self.decode_errors);
     }
 
-    fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Record>, errors: &mut u64) {
+    /// Returns how many records were read.
+    fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Record>, errors: &mut u64) -> u64 {
+        let mut read = 0;
         while let Some(item) = ring.next() {
+            read += 1;
             match decode(&item) {
                 Ok(record) => out.push(record),
                 Err(e) => {
@@ -173,6 +178,7 @@ impl Source {
                 }
             }
         }
+        read
     }
 
     /// Sums the per-CPU loss counters.

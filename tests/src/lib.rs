@@ -784,6 +784,14 @@ impl HttpReceiver {
         self.script.lock().expect("lock").extend(statuses);
     }
 
+    /// Drops the statuses not yet used (from now on every answer is 200); returns how many.
+    pub fn clear_script(&self) -> usize {
+        let mut script = self.script.lock().expect("lock");
+        let n = script.len();
+        script.clear();
+        n
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().expect("lock").clone()
     }

@@ -17,6 +17,8 @@ use notifier_tests::*;
 mod alerts;
 #[path = "kernel/daemon.rs"]
 mod daemon;
+#[path = "kernel/resilience.rs"]
+mod resilience;
 #[path = "kernel/service.rs"]
 mod service;
 

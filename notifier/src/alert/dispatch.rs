@@ -36,6 +36,8 @@ pub struct Dispatcher {
     pub health: mpsc::UnboundedReceiver<SinkHealth>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    /// The last spool write failed (logged once per streak).
+    spool_failing: bool,
 }
 
 /// The HTTP client shared by the HTTP sinks.
@@ -93,6 +95,7 @@ impl Dispatcher {
             health,
             tasks,
             metrics,
+            spool_failing: false,
         })
     }
 
@@ -118,8 +121,16 @@ impl Dispatcher {
         let now = now_ms();
         for sink in self.sinks.iter().filter(|s| s.when.matches(&alert)) {
             let entry = Entry { alert: alert.clone(), attempts: 0, spooled_ms: now, next_ms: now, last_error: None };
-            if let Err(e) = sink.spool.put(&entry) {
-                warn!(sink = %sink.name, error = %e, "Cannot write the alert to the spool; trying delivery anyway.");
+            match sink.spool.put(&entry) {
+                Ok(()) if self.spool_failing => {
+                    self.spool_failing = false;
+                    tracing::info!("Alerts are written to the spool again.");
+                }
+                Err(e) if !self.spool_failing => {
+                    self.spool_failing = true;
+                    warn!(sink = %sink.name, error = %e, "Cannot write alerts to the spool; delivering them from memory until it works again (is the disk full?).");
+                }
+                _ => {}
             }
             if sink.tx.try_send(entry).is_err() {
                 warn!(sink = %sink.name, "Sink queue full; the alert stays in the spool and is sent after the next restart.");

@@ -217,6 +217,29 @@ impl Store {
         Ok(result)
     }
 
+    /// For the daemon: like [`Store::update`], but `change` is applied to the history in memory even
+    /// when the file cannot be locked, read or written (a full disk, say), so that verdicts go on.
+    /// What could not be written is written by the next update that succeeds.
+    pub fn update_or_keep<R>(&mut self, change: impl FnOnce(&mut History) -> R) -> (R, Result<(), StoreError>) {
+        let locked = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.dir.join(LOCK))
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|e| self.io(e));
+        let reloaded = if locked.is_ok() { self.reload() } else { Ok(()) };
+        let result = change(&mut self.history);
+        let saved = locked.and_then(|lock| {
+            reloaded?;
+            self.save()?;
+            drop(lock); // Unlocks.
+            Ok(())
+        });
+        (result, saved)
+    }
+
     fn save(&mut self) -> Result<(), StoreError> {
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         let mut text = serde_json::to_vec_pretty(&self.history).map_err(|e| self.io(io::Error::other(e)))?;

@@ -35,6 +35,58 @@ struct Args {
     /// Call pam_authenticate before opening the session.
     #[arg(long)]
     authenticate: bool,
+    /// Hostile input: each session gets its own user, rhost and tty made from this seed: long
+    /// (up to 9 KiB), binary, and full of control characters (no NUL, which C strings cannot hold).
+    #[arg(long, value_name = "SEED")]
+    hostile: Option<u64>,
+}
+
+/// xorshift64*: a small, seedable generator; enough for test input.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Mostly short strings, one in ten long; bytes 1..=255, with control characters and bytes
+    /// that are not UTF-8 over-represented.
+    fn hostile(&mut self) -> CString {
+        let len = match self.below(10) {
+            0 => 1000 + self.below(8200),
+            1..=3 => 100 + self.below(400),
+            _ => 1 + self.below(40),
+        };
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| match self.below(4) {
+                0 => 1 + self.below(31) as u8,     // control characters, ESC among them
+                1 => 0x80 + self.below(128) as u8, // lone UTF-8 continuation and lead bytes
+                _ => 1 + self.below(255) as u8,
+            })
+            .collect();
+        CString::new(bytes).unwrap_or_else(|_| unreachable!("no NUL byte is generated"))
+    }
+
+    /// An rhost: a third of them valid IPv4 literals, the rest hostile.
+    fn rhost(&mut self) -> CString {
+        if self.below(3) == 0 {
+            let text = format!("127.0.{}.{}", self.below(256), 1 + self.below(254));
+            CString::new(text).unwrap_or_else(|_| unreachable!("no NUL"))
+        } else {
+            self.hostile()
+        }
+    }
 }
 
 const PAM_TTY: c_int = 3;
@@ -84,32 +136,39 @@ impl Pam {
         }
     }
 
-    /// One whole session; returns false if any step failed.
-    fn session(&self, a: &Strings, authenticate: bool) -> bool {
+    /// One whole session: whether it was opened, and the first step that failed.
+    fn session(&self, a: &Strings, authenticate: bool) -> (bool, Option<&'static str>) {
         let conv = PamConv { conv: no_conversation, appdata: std::ptr::null_mut() };
         let mut h: *mut c_void = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call; `h` is only used after pam_start succeeded
         // and until pam_end.
         unsafe {
             if (self.start)(a.service.as_ptr(), a.user.as_ptr(), &conv, &mut h) != 0 {
-                return false;
+                return (false, Some("pam_start"));
             }
-            let mut ok = true;
+            let mut failed = None;
             if let Some(rhost) = &a.rhost {
-                ok &= (self.set_item)(h, PAM_RHOST, rhost.as_ptr().cast()) == 0;
+                if (self.set_item)(h, PAM_RHOST, rhost.as_ptr().cast()) != 0 {
+                    failed = failed.or(Some("pam_set_item(PAM_RHOST)"));
+                }
             }
             if let Some(tty) = &a.tty {
-                ok &= (self.set_item)(h, PAM_TTY, tty.as_ptr().cast()) == 0;
+                if (self.set_item)(h, PAM_TTY, tty.as_ptr().cast()) != 0 {
+                    failed = failed.or(Some("pam_set_item(PAM_TTY)"));
+                }
             }
-            if authenticate {
-                ok &= (self.authenticate)(h, 0) == 0;
+            if authenticate && (self.authenticate)(h, 0) != 0 {
+                failed = failed.or(Some("pam_authenticate"));
             }
-            let opened = ok && (self.open)(h, 0) == 0;
-            if opened {
-                ok &= (self.close)(h, 0) == 0;
+            let opened = failed.is_none() && (self.open)(h, 0) == 0;
+            if failed.is_none() && !opened {
+                failed = Some("pam_open_session");
             }
-            (self.end)(h, if opened && ok { 0 } else { 1 });
-            opened && ok
+            if opened && (self.close)(h, 0) != 0 {
+                failed = failed.or(Some("pam_close_session"));
+            }
+            (self.end)(h, if failed.is_none() { 0 } else { 1 });
+            (opened, failed)
         }
     }
 }
@@ -165,7 +224,7 @@ fn main() {
     let threads = args.threads.max(1);
     let per_thread_interval = (args.rate > 0).then(|| Duration::from_secs_f64(threads as f64 / args.rate as f64));
     let begin = Instant::now();
-    let failures: u64 = std::thread::scope(|scope| {
+    let tally: Tally = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let t_id = t;
@@ -173,7 +232,7 @@ fn main() {
                 let (pam, strings, template) = (&pam, &strings, args.rhost.as_deref());
                 scope.spawn(move || {
                     let start = Instant::now();
-                    let mut failed = 0;
+                    let mut tally = Tally::default();
                     for i in 0..n {
                         if let Some(interval) = per_thread_interval {
                             let due = start + interval.mul_f64(i as f64);
@@ -182,35 +241,72 @@ fn main() {
                             }
                         }
                         let numbered_rhost;
-                        let strings = match template {
-                            Some(t) if t.as_bytes().windows(3).any(|w| w == b"{i}") => {
-                                numbered_rhost = Strings {
+                        let generated;
+                        let strings = match (args.hostile, template) {
+                            (Some(seed), _) => {
+                                let mut rng = Rng::new(seed ^ t_index(t_id, i, threads));
+                                generated = Strings {
                                     service: strings.service.clone(),
-                                    user: strings.user.clone(),
-                                    rhost: Some(numbered(t, t_index(t_id, i, threads))),
-                                    tty: strings.tty.clone(),
+                                    user: rng.hostile(),
+                                    rhost: Some(rng.rhost()),
+                                    tty: Some(rng.hostile()),
                                 };
-                                &numbered_rhost
+                                &generated
                             }
-                            _ => strings,
+                            (None, template) => match template {
+                                Some(t) if t.as_bytes().windows(3).any(|w| w == b"{i}") => {
+                                    numbered_rhost = Strings {
+                                        service: strings.service.clone(),
+                                        user: strings.user.clone(),
+                                        rhost: Some(numbered(t, t_index(t_id, i, threads))),
+                                        tty: strings.tty.clone(),
+                                    };
+                                    &numbered_rhost
+                                }
+                                _ => strings,
+                            },
                         };
-                        failed += u64::from(!pam.session(strings, args.authenticate));
+                        let (opened, failed) = pam.session(strings, args.authenticate);
+                        tally.opened += u64::from(opened);
+                        if let Some(step) = failed {
+                            *tally.failed.entry(step).or_default() += 1;
+                        }
                     }
-                    failed
+                    tally
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(u64::MAX)).sum()
+        let mut all = Tally::default();
+        for h in handles {
+            let t = h.join().unwrap_or_else(|_| std::process::exit(3));
+            all.opened += t.opened;
+            for (step, n) in t.failed {
+                *all.failed.entry(step).or_default() += n;
+            }
+        }
+        all
     });
     let elapsed = begin.elapsed();
+    let failures: u64 = tally.failed.values().sum();
+    let by_step: Vec<String> = tally.failed.iter().map(|(step, n)| format!("{step}={n}")).collect();
     println!(
-        "sessions={} failures={} elapsed_ms={:.1} rate={:.0}/s",
+        "sessions={} opened={} failures={} elapsed_ms={:.1} rate={:.0}/s{}",
         args.count,
+        tally.opened,
         failures,
         elapsed.as_secs_f64() * 1000.0,
-        args.count as f64 / elapsed.as_secs_f64()
+        args.count as f64 / elapsed.as_secs_f64(),
+        if by_step.is_empty() { String::new() } else { format!(" failed_at: {}", by_step.join(" ")) }
     );
-    if failures > 0 {
+    // With hostile input, libpam refusing some of it is part of the exercise.
+    if failures > 0 && args.hostile.is_none() {
         std::process::exit(1);
     }
+}
+
+/// What one thread's sessions did.
+#[derive(Default)]
+struct Tally {
+    opened: u64,
+    failed: std::collections::BTreeMap<&'static str, u64>,
 }

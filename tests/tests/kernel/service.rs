@@ -240,7 +240,9 @@ fn sighup_keeps_a_bad_config_applies_a_good_one_and_misses_no_login_and_metrics_
     assert_eq!(m("notifier_verdicts_total{verdict=\"first_login\"}"), 1.0);
     assert_eq!(m("notifier_verdicts_total{verdict=\"known\"}"), known as f64);
     assert_eq!(m("notifier_verdicts_total{verdict=\"allowlisted\"}"), allowlisted as f64);
-    assert_eq!(m("notifier_events_lost_total"), 0.0);
+    for cause in ["ring_full", "inflight_full", "handles_full", "read_failed", "no_entry", "session_table_full"] {
+        assert_eq!(m(&format!("notifier_events_lost_total{{cause=\"{cause}\"}}")), 0.0, "{cause}");
+    }
     assert_eq!(m("notifier_alerts_sent_total{sink=\"hook\"}"), 1.0);
     assert_eq!(m("notifier_alerts_pending{sink=\"hook\"}"), 0.0);
     assert_eq!(m("notifier_spool_depth"), 0.0);
@@ -276,6 +278,25 @@ fn syscalls(entries: &[&str]) -> std::collections::BTreeSet<String> {
     out
 }
 
+/// The notifier that strace runs; killed on drop, should the test fail before it stopped it.
+struct Traced(i32);
+
+impl Traced {
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill with the pid of a child of our own child, alive until this guard drops.
+        unsafe { libc::kill(self.0, signal) };
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        // Only if it is still notifier (not a reused pid).
+        if fs::read_to_string(format!("/proc/{}/comm", self.0)).is_ok_and(|c| c.trim() == "notifier") {
+            self.signal(libc::SIGKILL);
+        }
+    }
+}
+
 #[test]
 fn every_system_call_the_daemon_makes_passes_the_units_filter() {
     if !kernel_tests_enabled() {
@@ -303,14 +324,12 @@ fn every_system_call_the_daemon_makes_passes_the_units_filter() {
     wait_for(&n, "sysuser", "session_close");
     receiver.wait(Duration::from_secs(10), |r| !r.is_empty());
     assert!(http_get(port, "/metrics").contains("notifier_events_total"));
-    // The signal goes to notifier itself, not to strace.
+    // Signals go to notifier itself: strace would detach on SIGTERM and leave it running.
     let children = format!("/proc/{0}/task/{0}/children", n.pid());
-    let pid: i32 = fs::read_to_string(&children).expect("strace's child").trim().parse().expect("a pid");
-    // SAFETY: kill with the pid of a live child of our own child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let traced = Traced(fs::read_to_string(&children).expect("strace's child").trim().parse().expect("a pid"));
+    traced.signal(libc::SIGHUP);
     assert!(n.wait_stderr("Config reloaded.", Duration::from_secs(10)), "{}", n.stderr());
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    traced.signal(libc::SIGTERM);
     assert!(n.wait_stderr("Stopped; probes detached.", Duration::from_secs(20)), "{}", n.stderr());
     drop(n);
 
