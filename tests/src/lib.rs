@@ -367,6 +367,12 @@ pub struct Sshd {
 impl Sshd {
     /// Starts `/usr/sbin/sshd -D` with `extra` config lines.
     pub fn start(extra: &str) -> Self {
+        Self::start_as(None, extra)
+    }
+
+    /// Like [`Sshd::start`]; with `pam_service`, sshd runs through a symlink of that name, so it
+    /// uses `/etc/pam.d/<pam_service>` (OpenSSH takes the PAM service name from argv[0]).
+    pub fn start_as(pam_service: Option<&str>, extra: &str) -> Self {
         let lab = Lab::new();
         fs::create_dir_all("/run/sshd").expect("privsep dir");
         run(Command::new("chmod").args(["755", "/run/sshd"]));
@@ -389,7 +395,15 @@ impl Sshd {
         )
         .expect("writing sshd_config");
         let log = fs::File::create(lab.path("sshd.log")).expect("sshd log");
-        let child = Command::new("/usr/sbin/sshd")
+        let program = match pam_service {
+            Some(name) => {
+                let link = lab.path(name);
+                std::os::unix::fs::symlink("/usr/sbin/sshd", &link).expect("sshd symlink");
+                link
+            }
+            None => PathBuf::from("/usr/sbin/sshd"),
+        };
+        let child = Command::new(&program)
             .args(["-D", "-e", "-f"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -699,6 +713,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The status the receiver answered with.
     pub status: u16,
+    /// When the request was read.
+    pub received: std::time::SystemTime,
 }
 
 impl Request {
@@ -845,7 +861,14 @@ fn serve(mut stream: std::net::TcpStream, reqs: &Mutex<Vec<Request>>, script: &M
         }
     }
     let status = script.lock().ok().and_then(|mut s| s.pop_front()).unwrap_or(200);
-    reqs.lock().expect("lock").push(Request { method, path, headers, body, status });
+    reqs.lock().expect("lock").push(Request {
+        method,
+        path,
+        headers,
+        body,
+        status,
+        received: std::time::SystemTime::now(),
+    });
     let answer = if status == 200 { r#"{"status":1,"ok":true}"# } else { r#"{"status":0,"errors":["scripted"]}"# };
     let _ = write!(
         stream,

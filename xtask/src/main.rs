@@ -51,6 +51,13 @@ enum Cmd {
     },
     /// Build the Debian package (target/debian/notifier_<version>-1_<arch>.deb) with cargo-deb.
     Deb,
+    /// Run the benchmarks against the alternatives (pam_exec recipe, bpftrace) and rewrite
+    /// BENCHMARKS.md (root; about 15 minutes, 4 with --quick).
+    Bench {
+        /// Fewer repetitions: noisier figures, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Install, verify and remove notifier for real, both through `install` and through the .deb
     /// (root; changes the system while it runs).
     CheckPackaging,
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Install(args) => install(&args),
         Cmd::Uninstall { args, purge } => uninstall(&args, purge),
         Cmd::Deb => deb().map(|_| ()),
+        Cmd::Bench { quick } => bench(quick),
         Cmd::CheckPackaging => check_packaging(),
         Cmd::Test { no_setup, filter } => test(no_setup, filter),
     };
@@ -91,6 +99,8 @@ fn main() -> ExitCode {
 const LLVM_MAJOR: &str = "22";
 /// Debian packages needed to build: LLVM for bpf-linker.
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev"];
+/// Debian packages the benchmarks compare with.
+const BENCH_PACKAGES: &[&str] = &["bpftrace"];
 /// Debian packages the integration tests drive: real sshd, ssh, sshpass, pamtester, setpriv,
 /// aiosmtpd (a real SMTP server), strace (to check the unit's system call filter), and for the
 /// packaging check man-db and systemd-analyze.
@@ -138,6 +148,7 @@ fn is_root() -> bool {
 enum Needs {
     Build,
     Test,
+    Bench,
 }
 
 fn setup(needs: Needs) -> Result<()> {
@@ -145,6 +156,7 @@ fn setup(needs: Needs) -> Result<()> {
     let wanted: Vec<&str> = match needs {
         Needs::Build => BUILD_PACKAGES.to_vec(),
         Needs::Test => BUILD_PACKAGES.iter().chain(TEST_PACKAGES).copied().collect(),
+        Needs::Bench => BUILD_PACKAGES.iter().chain(TEST_PACKAGES).chain(BENCH_PACKAGES).copied().collect(),
     };
     let missing: Vec<&str> = wanted
         .iter()
@@ -183,7 +195,7 @@ fn setup(needs: Needs) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let components: &[&str] = if needs == Needs::Test { &["rust-src", "clippy"] } else { &["rust-src"] };
+    let components: &[&str] = if needs == Needs::Build { &["rust-src"] } else { &["rust-src", "clippy"] };
     for component in components {
         if installed.lines().any(|l| l.starts_with(component)) {
             println!("setup: nightly {component} present");
@@ -193,7 +205,7 @@ fn setup(needs: Needs) -> Result<()> {
         }
     }
 
-    if needs == Needs::Test {
+    if needs != Needs::Build {
         ensure_cargo_deb()?;
     }
 
@@ -290,6 +302,21 @@ fn test(no_setup: bool, filter: Option<String>) -> Result<()> {
         }
         _ => check_packaging(),
     }
+}
+
+fn bench(quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load eBPF programs and start sshd; run `cargo xtask bench` as root");
+    }
+    setup(Needs::Bench)?;
+    let bin = build()?;
+    let root = workspace_root();
+    let mut cmd = Command::new(root.join("target/release/bench"));
+    cmd.arg("--out").arg(root.join("BENCHMARKS.md")).env("NOTIFIER_BIN", &bin);
+    if quick {
+        cmd.arg("--quick");
+    }
+    check(&mut cmd)
 }
 
 fn ensure_cargo_deb() -> Result<()> {

@@ -39,6 +39,14 @@ struct Args {
     /// (up to 9 KiB), binary, and full of control characters (no NUL, which C strings cannot hold).
     #[arg(long, value_name = "SEED")]
     hostile: Option<u64>,
+    /// Write one line per opened session to FILE: its number (as in `{i}`) and the
+    /// CLOCK_REALTIME nanoseconds when pam_open_session returned.
+    #[arg(long, value_name = "FILE")]
+    stamps: Option<std::path::PathBuf>,
+}
+
+fn realtime_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 /// xorshift64*: a small, seedable generator; enough for test input.
@@ -137,7 +145,7 @@ impl Pam {
     }
 
     /// One whole session: whether it was opened, and the first step that failed.
-    fn session(&self, a: &Strings, authenticate: bool) -> (bool, Option<&'static str>) {
+    fn session(&self, a: &Strings, authenticate: bool, opened_at: &mut u128) -> (bool, Option<&'static str>) {
         let conv = PamConv { conv: no_conversation, appdata: std::ptr::null_mut() };
         let mut h: *mut c_void = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call; `h` is only used after pam_start succeeded
@@ -161,6 +169,7 @@ impl Pam {
                 failed = failed.or(Some("pam_authenticate"));
             }
             let opened = failed.is_none() && (self.open)(h, 0) == 0;
+            *opened_at = realtime_ns();
             if failed.is_none() && !opened {
                 failed = Some("pam_open_session");
             }
@@ -230,6 +239,7 @@ fn main() {
                 let t_id = t;
                 let n = args.count / threads + u64::from(t < args.count % threads);
                 let (pam, strings, template) = (&pam, &strings, args.rhost.as_deref());
+                let stamping = args.stamps.is_some();
                 scope.spawn(move || {
                     let start = Instant::now();
                     let mut tally = Tally::default();
@@ -266,8 +276,12 @@ fn main() {
                                 _ => strings,
                             },
                         };
-                        let (opened, failed) = pam.session(strings, args.authenticate);
+                        let mut at = 0;
+                        let (opened, failed) = pam.session(strings, args.authenticate, &mut at);
                         tally.opened += u64::from(opened);
+                        if opened && stamping {
+                            tally.stamps.push((t_index(t_id, i, threads), at));
+                        }
                         if let Some(step) = failed {
                             *tally.failed.entry(step).or_default() += 1;
                         }
@@ -280,6 +294,7 @@ fn main() {
         for h in handles {
             let t = h.join().unwrap_or_else(|_| std::process::exit(3));
             all.opened += t.opened;
+            all.stamps.extend(t.stamps);
             for (step, n) in t.failed {
                 *all.failed.entry(step).or_default() += n;
             }
@@ -287,6 +302,13 @@ fn main() {
         all
     });
     let elapsed = begin.elapsed();
+    if let Some(path) = &args.stamps {
+        let text: String = tally.stamps.iter().map(|(i, ns)| format!("{i} {ns}\n")).collect();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("pam-driver: writing {}: {e}", path.display());
+            std::process::exit(2);
+        }
+    }
     let failures: u64 = tally.failed.values().sum();
     let by_step: Vec<String> = tally.failed.iter().map(|(step, n)| format!("{step}={n}")).collect();
     println!(
@@ -308,5 +330,6 @@ fn main() {
 #[derive(Default)]
 struct Tally {
     opened: u64,
+    stamps: Vec<(u64, u128)>,
     failed: std::collections::BTreeMap<&'static str, u64>,
 }
