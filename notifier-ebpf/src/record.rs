@@ -3,6 +3,7 @@
 //! record to the ring buffer with only the bytes it uses.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
@@ -11,7 +12,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use notifier_common::{
-    lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey, TaskOffsets,
+    kind, lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey, TaskOffsets,
     DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, RING_BYTES,
 };
 
@@ -141,7 +142,21 @@ impl Record {
         let size = HEADER_LEN + len;
         // SAFETY: `size` is at most size_of::<Event>() and `event` points to a whole Event.
         let bytes = unsafe { core::slice::from_raw_parts(self.event as *const u8, size) };
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        // A wake-up per record was most of a probe hit's cost. So only a record that can complete
+        // an event wakes the reader, and always (the kernel's adaptive wake-up would skip it
+        // while earlier records are unread); the records before it in the same session
+        // (pam_start, items, environment) wait for it. Once a quarter of the ring is unread,
+        // every record wakes the reader, so that calls which never complete (a flood of
+        // pam_set_item) cannot fill the ring while it sleeps.
+        let completes =
+            matches!(event.header.kind, kind::AUTHENTICATE | kind::OPEN_SESSION | kind::CLOSE_SESSION | kind::END);
+        let backlog = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+        let flags = if completes || backlog >= u64::from(RING_BYTES / 4) {
+            u64::from(BPF_RB_FORCE_WAKEUP)
+        } else {
+            u64::from(BPF_RB_NO_WAKEUP)
+        };
+        if EVENTS.output::<[u8]>(bytes, flags).is_err() {
             count_lost(lost::RING_FULL);
         }
     }

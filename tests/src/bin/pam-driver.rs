@@ -37,12 +37,19 @@ struct Args {
     authenticate: bool,
     /// Hostile input: each session gets its own user, rhost and tty made from this seed: long
     /// (up to 9 KiB), binary, and full of control characters (no NUL, which C strings cannot hold).
+    /// Run it under `unshare --net`: libpam's audit record resolves any rhost that is not an IP
+    /// literal through the system resolver.
     #[arg(long, value_name = "SEED")]
     hostile: Option<u64>,
     /// Write one line per opened session to FILE: its number (as in `{i}`) and the
     /// CLOCK_REALTIME nanoseconds when pam_open_session returned.
     #[arg(long, value_name = "FILE")]
     stamps: Option<std::path::PathBuf>,
+    /// Instead of sessions: one pam_start, then N calls of pam_set_item(PAM_RHOST), timed, and
+    /// pam_end. Prints `calls=N ns_per_call=X`: the cost of one probe hit, without the noise of a
+    /// whole session (which reads /etc/pam.d and loads modules).
+    #[arg(long, value_name = "N")]
+    set_item_loop: Option<u64>,
 }
 
 fn realtime_ns() -> u128 {
@@ -230,6 +237,10 @@ fn main() {
         rhost: args.rhost.as_deref().map(cstring),
         tty: args.tty.as_deref().map(cstring),
     };
+    if let Some(calls) = args.set_item_loop {
+        set_item_loop(&pam, &strings, calls);
+        return;
+    }
     let threads = args.threads.max(1);
     let per_thread_interval = (args.rate > 0).then(|| Duration::from_secs_f64(threads as f64 / args.rate as f64));
     let begin = Instant::now();
@@ -323,6 +334,26 @@ fn main() {
     // With hostile input, libpam refusing some of it is part of the exercise.
     if failures > 0 && args.hostile.is_none() {
         std::process::exit(1);
+    }
+}
+
+fn set_item_loop(pam: &Pam, a: &Strings, calls: u64) {
+    let conv = PamConv { conv: no_conversation, appdata: std::ptr::null_mut() };
+    let mut h: *mut c_void = std::ptr::null_mut();
+    let rhost = a.rhost.clone().unwrap_or_else(|| CString::new("127.0.0.1").unwrap_or_default());
+    // SAFETY: valid pointers; `h` is used only between a successful pam_start and pam_end.
+    unsafe {
+        if (pam.start)(a.service.as_ptr(), a.user.as_ptr(), &conv, &mut h) != 0 {
+            eprintln!("pam-driver: pam_start failed");
+            std::process::exit(1);
+        }
+        let begin = Instant::now();
+        for _ in 0..calls {
+            (pam.set_item)(h, PAM_RHOST, rhost.as_ptr().cast());
+        }
+        let elapsed = begin.elapsed();
+        (pam.end)(h, 0);
+        println!("calls={calls} ns_per_call={:.1}", elapsed.as_nanos() as f64 / calls.max(1) as f64);
     }
 }
 
