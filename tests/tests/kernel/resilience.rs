@@ -232,3 +232,38 @@ fn ring_buffer_overflow_is_counted_exactly() {
     }
     assert_eq!(reported, lost, "the events_lost lines add up to the same count");
 }
+
+#[test]
+fn a_flood_of_calls_that_never_complete_cannot_blind_the_reader() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // Records that do not complete an event do not wake the reader by themselves; once a quarter
+    // of the ring is unread they do, so a flood of them is read, not left to fill the ring.
+    let service = PamService::permit("ntflood");
+    let lab = Lab::new();
+    let libpam = private_libpam(&lab);
+    let n = Notifier::watch(&["--json", "--libpam", libpam.to_str().expect("path")]);
+    let out = run(Command::new(pam_driver()).env("LD_LIBRARY_PATH", &lab.dir).args([
+        "--service",
+        &service.name,
+        "--user",
+        "flooder",
+        "--rhost",
+        "127.0.0.41",
+        "--set-item-loop",
+        "300000",
+    ]));
+    eprintln!("flood: {}", out.trim());
+    run(Command::new(pam_driver()).env("LD_LIBRARY_PATH", &lab.dir).args([
+        "--service",
+        &service.name,
+        "--user",
+        "afterflood",
+        "--rhost",
+        "127.0.0.42",
+    ]));
+    let (e, _) = wait_for(&n, "afterflood", "session_open");
+    assert_eq!(e["peer"]["ip"], "127.0.0.42");
+    assert!(!n.stderr().contains("lost"), "nothing lost: {}", n.stderr());
+}
