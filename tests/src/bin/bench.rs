@@ -369,15 +369,24 @@ fn login_overhead(report: &mut Report, reps: usize) {
         );
         if tracer == Tracer::Notifier && added >= 1.0 {
             let noise = sorted(&base_spread);
+            let noise = noise.last().unwrap_or(&0.0) - noise.first().unwrap_or(&0.0);
+            let probes_us = report.per_hit_ns * 15.0 / 1000.0;
             report.notes.push(format!(
-                "Login overhead: `notifier run` added {added:.1} ms to the median login in this run. The \
-                 probes cost {:.1} ns per hit and an sshd login hits them about 15 times, which is \
-                 {:.0} µs; notifier's own work happens after each call has returned. The no-tracer \
-                 blocks alone had medians {:.1} ms apart, so the difference is run-to-run variation of \
-                 the logins, not cost added to them.",
+                "Login overhead: `notifier run` added {added:.1} ms to the median login in this run, \
+                 against 1 ms. The probes account for {probes_us:.0} µs of it ({:.0} ns per hit, about 15 \
+                 hits per sshd login); notifier's own work runs after each call has returned, on the \
+                 same 2 cores as sshd and ssh. The no-tracer blocks alone had medians {noise:.1} ms \
+                 apart, so {}",
                 report.per_hit_ns,
-                report.per_hit_ns * 15.0 / 1000.0,
-                noise.last().unwrap_or(&0.0) - noise.first().unwrap_or(&0.0)
+                if added <= noise {
+                    "the difference is within the run-to-run variation of the logins.".to_string()
+                } else {
+                    format!(
+                        "{:.1} ms is beyond that variation: CPU taken from the login by notifier's work on \
+                         the event, which this benchmark does not break down further.",
+                        added - noise
+                    )
+                }
             ));
         }
     }
@@ -503,12 +512,19 @@ fn throughput(report: &mut Report, count: usize) {
     let bare = drive(Some(&lab.dir), &service.name, &["--count", &count_s, "--threads", "2"]);
     let n = Notifier::watch(&["--json", "--libpam", libpam.to_str().expect("path")]);
     let traced = drive(Some(&lab.dir), &service.name, &["--count", &count_s, "--threads", "2"]);
-    let events = n.json_until(Duration::from_secs(60), |e| {
-        of_kind(e, "session_open").len() >= count && of_kind(e, "session_close").len() >= count
-    });
-    let opens = of_kind(&events, "session_open").len();
-    let closes = of_kind(&events, "session_close").len();
-    let lost_at_max: u64 = of_kind(&events, "events_lost").iter().filter_map(|e| e["lost"].as_u64()).sum();
+    // Counted as the lines come (the harness's json_until would rescan them all per line).
+    let (mut opens, mut closes, mut lost_at_max) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (opens < count || closes < count) && Instant::now() < deadline {
+        let Some(line) = n.next_line(Duration::from_secs(5)) else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        match v["event"].as_str() {
+            Some("session_open") => opens += 1,
+            Some("session_close") => closes += 1,
+            Some("events_lost") => lost_at_max += v["lost"].as_u64().unwrap_or(0),
+            _ => {}
+        }
+    }
     report.row(
         "throughput",
         format!("2 threads as fast as libpam goes ({count} sessions)"),
@@ -639,22 +655,34 @@ fn footprint(report: &mut Report, runs: usize, idle: Duration, sessions: usize) 
         "no timer wake-ups",
         met(s1 == s0),
     );
+    // Twice half the sessions: if the second half adds nothing, the first half's growth is
+    // buffers reaching their working size, not a leak.
     let per = (sessions / 2).to_string();
+    let mut rss = Vec::new();
     for _ in 0..2 {
         drive(Some(&lab.dir), &service.name, &["--count", &per, "--threads", "2"]);
+        let _ = n.lines_until_quiet(Duration::from_secs(2), Duration::from_secs(120));
+        rss.push(status_field(n.pid(), "VmRSS:") as f64 / 1024.0);
     }
-    let _ = n.lines_until_quiet(Duration::from_secs(2), Duration::from_secs(120));
-    let rss_after = status_field(n.pid(), "VmRSS:") as f64 / 1024.0;
+    let (rss_half, rss_after) = (rss[0], rss[1]);
+    let growth = rss_after - rss_half;
     report.row(
         "footprint",
-        format!("RSS after {sessions} sessions"),
-        format!("{rss_after:.1} MB ({:+.1} MB)", rss_after - rss_idle),
+        format!("RSS after {} and {sessions} sessions", sessions / 2),
+        format!("{rss_half:.1} MB, then {rss_after:.1} MB ({growth:+.1} MB in the second half)"),
         "≤ 12 MB, no growth",
-        met(rss_after <= 12.0 && rss_after - rss_idle < 1.0),
+        met(rss_after <= 12.0 && growth < 0.5),
     );
     if rss_idle > 12.0 || rss_after > 12.0 {
         report.notes.push(format!(
-            "RSS: {rss_idle:.1} MB idle and {rss_after:.1} MB after {sessions} sessions, against 12 MB."
+            "RSS: `notifier run` used {rss_idle:.1} MB idle and {rss_after:.1} MB after {sessions} \
+             sessions, against 12 MB. `notifier watch` on the same probes used {watch_rss:.1} MB, so \
+             {:.1} MB is what the daemon adds to capture (the alert machinery: HTTP client with its TLS \
+             roots, SMTP, templates; the history; the metrics). After the first {} sessions, the next \
+             {} changed RSS by {growth:+.1} MB.",
+            rss_idle - watch_rss,
+            sessions / 2,
+            sessions / 2
         ));
     }
 }
@@ -693,6 +721,23 @@ fn alert_latency(report: &mut Report, count: usize) {
         })
         .collect();
     let p99 = pct(&lat, 99.0);
+    if p99 >= 100.0 {
+        let sync = fsync_latency(&lab.dir, 200);
+        let over = lat.iter().filter(|l| **l >= 100.0).count();
+        report.notes.push(format!(
+            "Alert latency: p99 {p99:.1} ms against 100 ms; the median was {:.1} ms and {over} of {} \
+             alerts took 100 ms or more. Before its request is sent, an alert passes two durable \
+             writes: the history (write, fsync, rename, fsync of the directory) and the alert's \
+             spool file (the same). On this machine's disk such a write took p50 {:.1} ms, p99 \
+             {:.1} ms and at most {:.1} ms (200 writes measured by the benchmark in the same run), so \
+             the slow alerts are the slow fsyncs.",
+            median(&lat),
+            lat.len(),
+            median(&sync),
+            pct(&sync, 99.0),
+            pct(&sync, 100.0)
+        ));
+    }
     report.row(
         "alert latency",
         format!("session open → webhook received (n={})", lat.len()),
@@ -700,6 +745,24 @@ fn alert_latency(report: &mut Report, count: usize) {
         "p99 < 100 ms",
         met(p99 < 100.0),
     );
+}
+
+/// Milliseconds of `n` durable small writes in `dir`: write, fsync, rename, fsync the directory,
+/// as the history and the spool do.
+fn fsync_latency(dir: &Path, n: usize) -> Vec<f64> {
+    use std::io::Write as _;
+    (0..n)
+        .map(|i| {
+            let begin = Instant::now();
+            let tmp = dir.join("fsync.tmp");
+            let mut f = fs::File::create(&tmp).expect("fsync probe");
+            f.write_all(format!("{i}").repeat(100).as_bytes()).expect("write");
+            f.sync_all().expect("fsync");
+            fs::rename(&tmp, dir.join("fsync.json")).expect("rename");
+            fs::File::open(dir).and_then(|d| d.sync_all()).expect("fsync dir");
+            begin.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
 }
 
 fn machine() -> String {
