@@ -202,14 +202,7 @@ impl Store {
 
     /// Applies `change` under the lock, on the newest history, and writes it durably.
     pub fn update<R>(&mut self, change: impl FnOnce(&mut History) -> R) -> Result<R, StoreError> {
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.dir.join(LOCK))
-            .map_err(|e| self.io(e))?;
-        lock.lock().map_err(|e| self.io(e))?;
+        let lock = self.lock()?;
         self.reload()?;
         let result = change(&mut self.history);
         self.save()?;
@@ -221,14 +214,7 @@ impl Store {
     /// when the file cannot be locked, read or written (a full disk, say), so that verdicts go on.
     /// What could not be written is written by the next update that succeeds.
     pub fn update_or_keep<R>(&mut self, change: impl FnOnce(&mut History) -> R) -> (R, Result<(), StoreError>) {
-        let locked = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.dir.join(LOCK))
-            .and_then(|f| f.lock().map(|()| f))
-            .map_err(|e| self.io(e));
+        let locked = self.lock();
         let reloaded = if locked.is_ok() { self.reload() } else { Ok(()) };
         let result = change(&mut self.history);
         let saved = locked.and_then(|lock| {
@@ -238,6 +224,19 @@ impl Store {
             Ok(())
         });
         (result, saved)
+    }
+
+    /// Takes the exclusive lock that the daemon and the `known` CLI share; held until dropped.
+    fn lock(&self) -> Result<File, StoreError> {
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.dir.join(LOCK))
+            .map_err(|e| self.io(e))?;
+        lock.lock().map_err(|e| self.io(e))?;
+        Ok(lock)
     }
 
     fn save(&mut self) -> Result<(), StoreError> {
