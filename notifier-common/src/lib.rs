@@ -8,7 +8,8 @@
 //!   padding and no `bool`, and its size is checked at compile time;
 //! - no record can carry a secret: the probes read only the public API's arguments, and they copy a
 //!   `pam_set_item` value only for the items listed in [`item`], and a `pam_putenv` string only when it
-//!   starts with one of [`env::NAMES`].
+//!   starts with one of the names in [`env`]; the sshd witness copies only `setlogin`'s user name and the
+//!   peer address of sshd's own `accept()`.
 #![no_std]
 
 use core::mem::size_of;
@@ -25,6 +26,17 @@ pub mod names {
     pub const INFLIGHT: &str = "INFLIGHT";
     /// Global `TaskOffsets`, filled by the loader from the kernel's BTF.
     pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
+    /// Global `u32`: offset of `child_pid` in `sched:sched_process_fork` records, from its format.
+    pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID";
+    /// Hash: inode number -> 1 for every sshd binary (`sshd`, `sshd-session`, `sshd-auth`), filled by
+    /// the loader. Only processes running one of them have their `accept()` peers read; userspace
+    /// checks the device too before it trusts a connection (see `SSHD_CONNECT`).
+    pub const SSHD_BINS: &str = "SSHD_BINS";
+    /// LRU hash: listener tgid -> [`crate::SshdAccepted`], the peer of its latest `accept()`,
+    /// taken by the listener's next fork.
+    pub const SSHD_ACCEPTED: &str = "SSHD_ACCEPTED";
+    /// LRU hash: tgid -> [`crate::SshdConn`], every process of a live sshd connection.
+    pub const SSHD_CONNS: &str = "SSHD_CONNS";
 }
 
 /// Size of the ring buffer, in bytes (a power-of-two multiple of the page size).
@@ -36,6 +48,15 @@ pub const MAX_INFLIGHT: u32 = 8_192;
 /// Bytes of string payload one record can carry, including the terminating NUL. Longer strings are
 /// cut and flagged with [`str_flags::TRUNCATED`]. Large enough for an RSA-4096 `SSH_AUTH_INFO_0`.
 pub const DATA_LEN: usize = 4096;
+/// Entries in the sshd connection map: processes of live sshd connections, two or three each.
+pub const MAX_SSHD_CONNS: u32 = 16_384;
+/// Entries in the map of accepted-but-not-yet-forked peers: one per sshd listener.
+pub const MAX_SSHD_LISTENERS: u32 = 256;
+/// `sizeof(struct sockaddr_in6)`, the largest peer address `accept()` returns to sshd.
+pub const SOCKADDR_LEN: usize = 28;
+/// Processes below a connection's own process (depth 1) that are tracked: the pre-auth child and
+/// the post-auth child are at depth 2; the user's shell and its children are not tracked.
+pub const SSHD_MAX_DEPTH: u16 = 2;
 /// `TASK_COMM_LEN` in the kernel.
 pub const COMM_LEN: usize = 16;
 
@@ -47,7 +68,7 @@ pub mod kind {
     pub const START_USER: u32 = 2;
     /// `pam_set_item` entry; [`crate::EventHeader::item`] is the item type; payload: its value.
     pub const SET_ITEM: u32 = 10;
-    /// `pam_putenv` entry for a name in [`crate::env::NAMES`]; payload: the whole `NAME=value` string.
+    /// `pam_putenv` entry for a name in [`crate::env`]; payload: the whole `NAME=value` string.
     pub const PUTENV: u32 = 20;
     /// `pam_authenticate` returned; [`crate::EventHeader::ret`] is its result.
     pub const AUTHENTICATE: u32 = 30;
@@ -57,6 +78,22 @@ pub mod kind {
     pub const CLOSE_SESSION: u32 = 41;
     /// `pam_end` entry; [`crate::EventHeader::item`] holds its `pam_status` argument.
     pub const END: u32 = 50;
+
+    // The sshd witness. In each of these records, `owner_tgid` is the connection's own process
+    // (sshd's per-connection `[priv]` process, forked by the listener) and `session_start_ns` the
+    // time of the `accept()`; both are 0 when the process is not part of a tracked connection.
+
+    /// An sshd listener forked the process for a connection it accepted. The record comes from the
+    /// listener; payload: the peer's `struct sockaddr_in` or `sockaddr_in6`, as `accept()` gave it.
+    pub const SSHD_CONNECT: u32 = 60;
+    /// sshd called `setlogin(name)`: a user logged in. [`crate::EventHeader::item`] holds the
+    /// caller's [`crate::SshdConn`] depth and flags ([`crate::sshd_item`]); payload: the name.
+    pub const SSHD_LOGIN: u32 = 61;
+    /// `setresuid(u, u, u)` succeeded in a process that called `setlogin`; `item` is the uid.
+    pub const SSHD_UID: u32 = 62;
+    /// A process of a tracked connection exited; `ret` is its exit status as `wait()` reports it
+    /// (`code << 8`, or the signal number), `item` holds its depth and flags ([`crate::sshd_item`]).
+    pub const SSHD_EXIT: u32 = 63;
 }
 
 /// The `pam_set_item` item types that are captured. Every other item (notably `PAM_AUTHTOK` = 6,
@@ -202,6 +239,10 @@ pub mod func {
     pub const AUTHENTICATE: u32 = 2;
     pub const OPEN_SESSION: u32 = 3;
     pub const CLOSE_SESSION: u32 = 4;
+    /// The `accept`/`accept4` system call of an sshd listener.
+    pub const ACCEPT: u32 = 5;
+    /// `setresuid` in a process that called `setlogin`.
+    pub const SETRESUID: u32 = 6;
 }
 
 /// Key of the entry->return map: one thread, one function.
@@ -242,7 +283,7 @@ pub struct TaskOffsets {
     pub inode_i_uid: u32,
     pub inode_i_mode: u32,
     pub inode_i_ino: u32,
-    pub _pad: u32,
+    pub task_exit_code: u32,
 }
 const _: () = assert!(size_of::<TaskOffsets>() == 48);
 
@@ -260,8 +301,59 @@ impl TaskOffsets {
             inode_i_uid: 0,
             inode_i_mode: 0,
             inode_i_ino: 0,
-            _pad: 0,
+            task_exit_code: 0,
         }
+    }
+}
+
+/// The peer of an sshd listener's latest `accept()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SshdAccepted {
+    pub ts_ns: u64,
+    pub addr: [u8; SOCKADDR_LEN],
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SshdAccepted>() == 40);
+
+/// What the kernel remembers about a process of a tracked sshd connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SshdConn {
+    /// `CLOCK_BOOTTIME` of the `accept()`: with `owner_tgid`, identifies the connection.
+    pub conn_ns: u64,
+    /// The connection's own process (depth 1).
+    pub owner_tgid: u32,
+    /// 1 for the connection's process, 2 for its children.
+    pub depth: u16,
+    /// [`sshd_flags`].
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<SshdConn>() == 16);
+
+/// Flags in [`SshdConn::flags`].
+pub mod sshd_flags {
+    /// The first child of the connection's process: sshd's pre-auth child (`sshd-auth` in 10.0).
+    pub const FIRST_CHILD: u16 = 1;
+    /// The connection's process has forked at least once (so later children are not the first).
+    pub const FORKED: u16 = 2;
+    /// This process called `setlogin`.
+    pub const LOGGED_IN: u16 = 4;
+}
+
+/// Packing of depth and flags into [`EventHeader::item`] for sshd records.
+pub mod sshd_item {
+    #[inline(always)]
+    pub const fn pack(depth: u16, flags: u16) -> u32 {
+        depth as u32 | (flags as u32) << 16
+    }
+    #[inline(always)]
+    pub const fn depth(item: u32) -> u16 {
+        item as u16
+    }
+    #[inline(always)]
+    pub const fn flags(item: u32) -> u16 {
+        (item >> 16) as u16
     }
 }
 
@@ -276,4 +368,6 @@ mod pod {
     unsafe impl aya::Pod for super::HandleState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TaskOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SshdConn {}
 }

@@ -9,11 +9,12 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use notifier_common::{
-    kind, lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey, TaskOffsets,
-    DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, RING_BYTES,
+    kind, lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey,
+    SshdAccepted, SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, MAX_SSHD_CONNS,
+    MAX_SSHD_LISTENERS, RING_BYTES,
 };
 
 #[map]
@@ -30,6 +31,16 @@ pub static INFLIGHT: LruHashMap<InflightKey, Inflight> = LruHashMap::with_max_en
 
 #[map]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// Filled by the loader: the sshd binaries on this host.
+#[map]
+pub static SSHD_BINS: HashMap<u64, u8> = HashMap::with_max_entries(64, 0);
+
+#[map]
+pub static SSHD_ACCEPTED: LruHashMap<u32, SshdAccepted> = LruHashMap::with_max_entries(MAX_SSHD_LISTENERS, 0);
+
+#[map]
+pub static SSHD_CONNS: LruHashMap<u32, SshdConn> = LruHashMap::with_max_entries(MAX_SSHD_CONNS, 0);
 
 /// Filled by the loader from the kernel's BTF before the object is loaded.
 #[unsafe(no_mangle)]
@@ -99,6 +110,15 @@ impl Record {
         unsafe { &mut (*self.event).header }
     }
 
+    /// Sets the payload to a peer address (`struct sockaddr_in` or `sockaddr_in6` bytes).
+    #[inline(always)]
+    pub fn set_payload(&mut self, bytes: &[u8; notifier_common::SOCKADDR_LEN]) {
+        // SAFETY: see `new`.
+        let event = unsafe { &mut *self.event };
+        event.data[..bytes.len()].copy_from_slice(bytes);
+        event.header.str_len = bytes.len() as u32;
+    }
+
     /// Copies the NUL-terminated user string at `src` into the payload, flagging NULL pointers,
     /// failed reads and truncation.
     #[inline(always)]
@@ -148,8 +168,16 @@ impl Record {
         // (pam_start, items, environment) wait for it. Once a quarter of the ring is unread,
         // every record wakes the reader, so that calls which never complete (a flood of
         // pam_set_item) cannot fill the ring while it sleeps.
-        let completes =
-            matches!(event.header.kind, kind::AUTHENTICATE | kind::OPEN_SESSION | kind::CLOSE_SESSION | kind::END);
+        let completes = matches!(
+            event.header.kind,
+            kind::AUTHENTICATE
+                | kind::OPEN_SESSION
+                | kind::CLOSE_SESSION
+                | kind::END
+                | kind::SSHD_LOGIN
+                | kind::SSHD_UID
+                | kind::SSHD_EXIT
+        );
         let backlog = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
         let flags = if completes || backlog >= u64::from(RING_BYTES / 4) {
             u64::from(BPF_RB_FORCE_WAKEUP)
@@ -162,12 +190,54 @@ impl Record {
     }
 }
 
+#[inline(always)]
+fn offsets() -> TaskOffsets {
+    // SAFETY: a plain read of a global that the loader initialised before load.
+    unsafe { core::ptr::read_volatile(&TASK_OFFSETS) }
+}
+
+/// The `struct inode *` of the current task's executable, or 0.
+#[inline(always)]
+fn exe_inode(o: &TaskOffsets) -> u64 {
+    // SAFETY: helper without preconditions; the result is only used through probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = kread(task, o.task_mm).unwrap_or(0);
+    let file: u64 = kread(mm, o.mm_exe_file).unwrap_or(0);
+    kread(file, o.file_f_inode).unwrap_or(0)
+}
+
+/// The current task runs an executable with the inode number of one of the sshd binaries the
+/// loader registered (the device is checked in userspace: on btrfs, `st_dev` is not `s_dev`).
+#[inline(always)]
+pub fn running_sshd() -> bool {
+    let o = offsets();
+    if o.valid == 0 {
+        return false;
+    }
+    let Some(ino) = kread::<u64>(exe_inode(&o), o.inode_i_ino) else {
+        return false;
+    };
+    // SAFETY: the value is only tested for presence.
+    unsafe { SSHD_BINS.get(ino) }.is_some()
+}
+
+/// The current task's `exit_code` (as `wait()` reports it), or `None` without the offsets.
+#[inline(always)]
+pub fn exit_code() -> Option<i32> {
+    let o = offsets();
+    if o.valid == 0 {
+        return None;
+    }
+    // SAFETY: helper without preconditions; the result is only used through probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    kread(task, o.task_exit_code)
+}
+
 /// Fills the caller's parent, effective uid and executable identity from the current task, using
 /// the offsets the loader found in BTF. Without them the fields stay 0 and `task_flags` says so.
 #[inline(always)]
 fn fill_task(h: &mut EventHeader) {
-    // SAFETY: a plain read of a global that the loader initialised before load.
-    let o = unsafe { core::ptr::read_volatile(&TASK_OFFSETS) };
+    let o = offsets();
     if o.valid == 0 {
         return;
     }
@@ -181,9 +251,7 @@ fn fill_task(h: &mut EventHeader) {
     };
     h.euid = euid;
     h.task_flags |= task_flags::INFO;
-    let mm: u64 = kread(task, o.task_mm).unwrap_or(0);
-    let file: u64 = kread(mm, o.mm_exe_file).unwrap_or(0);
-    let inode: u64 = kread(file, o.file_f_inode).unwrap_or(0);
+    let inode = exe_inode(&o);
     if let (Some(uid), Some(mode), Some(ino)) =
         (kread::<u32>(inode, o.inode_i_uid), kread::<u16>(inode, o.inode_i_mode), kread::<u64>(inode, o.inode_i_ino))
     {
@@ -220,20 +288,23 @@ pub fn save_inflight(func: u32, args: Inflight) {
     }
 }
 
-/// Takes the arguments saved at entry by this thread for `func`.
+/// Takes the arguments saved at entry by this thread for `func`; a missing entry is a loss.
 #[inline(always)]
 pub fn take_inflight(func: u32) -> Option<Inflight> {
+    let args = take_inflight_if_any(func);
+    if args.is_none() {
+        count_lost(lost::NO_ENTRY);
+    }
+    args
+}
+
+/// Takes the arguments saved at entry by this thread for `func`, if its entry probe saved any (a
+/// system call's exit tracepoint fires for every process, and most were filtered out at entry).
+#[inline(always)]
+pub fn take_inflight_if_any(func: u32) -> Option<Inflight> {
     let key = InflightKey { pid_tgid: bpf_get_current_pid_tgid(), func, _pad: 0 };
     // SAFETY: the value is copied out before the entry is removed.
-    let args = unsafe { INFLIGHT.get(key) }.copied();
-    match args {
-        Some(args) => {
-            let _ = INFLIGHT.remove(key);
-            Some(args)
-        }
-        None => {
-            count_lost(lost::NO_ENTRY);
-            None
-        }
-    }
+    let args = unsafe { INFLIGHT.get(key) }.copied()?;
+    let _ = INFLIGHT.remove(key);
+    Some(args)
 }

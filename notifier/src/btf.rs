@@ -1,6 +1,6 @@
 //! Finds, in the running kernel's BTF, the offsets of the few `task_struct`, `cred`, `mm_struct`,
 //! `file` and `inode` fields the probes read to identify a caller (parent, effective uid, and the
-//! owner and mode of its executable). aya has no CO-RE for Rust programs, so the loader resolves
+//! inode, owner and mode of its executable) and an sshd process's exit status. aya has no CO-RE for Rust programs, so the loader resolves
 //! them here and hands them to the object as a global.
 
 use btf_rs::{Btf, BtfType, Struct, Type};
@@ -35,7 +35,7 @@ pub fn task_offsets() -> Result<TaskOffsets, OffsetError> {
         inode_i_uid: off("inode", "i_uid")?,
         inode_i_mode: off("inode", "i_mode")?,
         inode_i_ino: off("inode", "i_ino")?,
-        _pad: 0,
+        task_exit_code: off("task_struct", "exit_code")?,
     })
 }
 

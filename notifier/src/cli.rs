@@ -88,9 +88,19 @@ pub struct WatchArgs {
     /// Attach to this libpam instead of searching for it (repeatable).
     #[arg(long = "libpam", value_name = "PATH")]
     pub libpam: Vec<PathBuf>,
+    /// Watch this sshd, sshd-session or sshd-auth instead of searching for them (repeatable).
+    #[arg(long = "sshd", value_name = "PATH", conflicts_with = "no_sshd")]
+    pub sshd: Vec<PathBuf>,
+    /// Watch PAM only: no sshd witness.
+    #[arg(long)]
+    pub no_sshd: bool,
 }
 
 impl WatchArgs {
+    pub fn targets(&self) -> crate::loader::Targets {
+        crate::loader::Targets { libpam: self.libpam.clone(), sshd: self.sshd.clone(), sshd_witness: !self.no_sshd }
+    }
+
     pub fn format(&self) -> Format {
         if self.json {
             Format::Json

@@ -51,15 +51,27 @@ pub struct LoginEvent {
     pub exe: Option<String>,
     /// Real uid of that process.
     pub caller_uid: u32,
+    /// The uid the user's session runs as (from the sshd witness); null when not seen.
+    pub uid: Option<u32>,
     /// Its parent's pid (for ancestry); not part of the event stream.
     #[serde(skip)]
     pub ppid: u32,
+    /// The process that started this login: the `pam_start` caller, or sshd's per-connection
+    /// process. Not part of the event stream.
+    #[serde(skip)]
+    pub owner_pid: u32,
     /// The process (and every process that touched this PAM handle) ran as root from a root-owned
     /// executable. A login reported by anything else may be forged.
     pub trusted: bool,
     pub host: String,
     /// Stable id shared by every event of one PAM session.
     pub session: String,
+    /// Who saw this event: `pam` (the libpam probes), `sshd` (the sshd witness), or both.
+    pub witnesses: Vec<&'static str>,
+    /// Witnesses that watch this login's path but did not see it: `pam` when sshd logged a user in
+    /// without the PAM session its configuration calls for. Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missed_by: Vec<&'static str>,
     /// Only on `session_close`: null when the open was not seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<Option<u64>>,
@@ -151,6 +163,12 @@ pub fn text_line(e: &LoginEvent) -> String {
         let _ = write!(line, " duration={}.{:03}s", ms / 1000, ms % 1000);
     }
     let _ = write!(line, " pid={}/{}", e.pid, escape_text(&e.comm));
+    if !e.witnesses.is_empty() {
+        let _ = write!(line, " seen_by={}", e.witnesses.join(","));
+    }
+    if !e.missed_by.is_empty() {
+        let _ = write!(line, " missed_by={}", e.missed_by.join(","));
+    }
     if !e.trusted {
         line.push_str(" trusted=no");
     }
@@ -254,10 +272,14 @@ mod tests {
             comm: "sshd-session".into(),
             exe: Some("/usr/lib/openssh/sshd-session".into()),
             caller_uid: 0,
+            uid: None,
             ppid: 1,
+            owner_pid: 4242,
             trusted: true,
             host: "web-1".into(),
             session: "0123456789abcdef".into(),
+            witnesses: vec!["pam", "sshd"],
+            missed_by: vec![],
             duration_ms: None,
             truncated: vec![],
         }
@@ -289,7 +311,7 @@ mod tests {
             line,
             "2026-11-24T18:07:50.123Z session_open user=evil\\nuser=root\\x20x\\u{1b}[31m\\\\ \
              from=203.0.113.7:52144 service=sshd method=publickey key=SHA256:abc tty=ssh \
-             pid=4242/sshd-session trusted=no truncated=user"
+             pid=4242/sshd-session seen_by=pam,sshd trusted=no truncated=user"
         );
     }
 

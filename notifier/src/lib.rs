@@ -1,5 +1,6 @@
 //! notifier's userspace: the loader, the kernel event source, session assembly and output.
-//! Data flows one way: kernel -> `source` -> `session` -> `enrich` -> `policy` -> stdout.
+//! Data flows one way: kernel -> `source` -> `session` (PAM) and `witness` (sshd, and the merge of
+//! both) -> `enrich` -> `policy` -> stdout.
 
 pub mod alert;
 pub mod authinfo;
@@ -20,3 +21,4 @@ pub mod session;
 pub mod source;
 pub mod state;
 pub mod watch;
+pub mod witness;

@@ -1,5 +1,6 @@
 //! The peer of a login: its IP address and port, from OpenSSH's `SSH_CONNECTION` or, failing that,
-//! from `PAM_RHOST` when it is an IP literal. A host name in `PAM_RHOST` is never resolved here.
+//! from `PAM_RHOST` when it is an IP literal, or from the address sshd's `accept()` returned (the
+//! sshd witness). A host name in `PAM_RHOST` is never resolved here.
 
 use std::net::IpAddr;
 
@@ -41,6 +42,19 @@ pub fn peer_from_rhost(rhost: &str) -> Option<Peer> {
     parse_ip(host).map(|ip| Peer { ip, port: None })
 }
 
+/// A peer from a `struct sockaddr_in` or `sockaddr_in6` as the kernel wrote it (family in host
+/// byte order, port and address in network byte order).
+pub fn peer_from_sockaddr(raw: &[u8]) -> Option<Peer> {
+    let family = u16::from_ne_bytes(raw.get(..2)?.try_into().ok()?);
+    let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
+    let ip = match i32::from(family) {
+        libc::AF_INET => IpAddr::from(<[u8; 4]>::try_from(raw.get(4..8)?).ok()?),
+        libc::AF_INET6 => canonical(IpAddr::from(<[u8; 16]>::try_from(raw.get(8..24)?).ok()?)),
+        _ => return None,
+    };
+    Some(Peer { ip, port: Some(port) })
+}
+
 /// Parses an IP address, dropping an IPv6 zone and showing v4-mapped IPv6 as IPv4.
 pub fn parse_ip(text: &str) -> Option<IpAddr> {
     let text = match text.split_once('%') {
@@ -62,6 +76,24 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_from_sockaddrs() {
+        let mut v4 = [0u8; 28];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&44013u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 5]);
+        assert_eq!(peer_from_sockaddr(&v4), Some(Peer { ip: "127.0.0.5".parse().unwrap(), port: Some(44013) }));
+        let mut v6 = [0u8; 28];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&50000u16.to_be_bytes());
+        v6[8..24].copy_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!(peer_from_sockaddr(&v6).unwrap().ip.to_string(), "2001:db8::7");
+        v6[8..24].copy_from_slice(&"::ffff:198.51.100.4".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!(peer_from_sockaddr(&v6).unwrap().ip.to_string(), "198.51.100.4");
+        assert_eq!(peer_from_sockaddr(&[0u8; 28]), None, "AF_UNSPEC");
+        assert_eq!(peer_from_sockaddr(&v4[..6]), None, "short");
+    }
 
     #[test]
     fn ssh_connection_table() {

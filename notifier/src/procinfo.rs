@@ -50,6 +50,11 @@ pub fn unix_now_ns() -> i128 {
     clock_ns(libc::CLOCK_REALTIME)
 }
 
+/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock of the probes' timestamps.
+pub fn boot_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes to it.

@@ -37,10 +37,9 @@ use crate::{
     metrics::Metrics,
     policy::{self, bruteforce, Decision, Facts, Verdict},
     procinfo, service,
-    session::{Assembler, DEFAULT_CAPACITY},
     source::Source,
     state::history::{Sighting, Store},
-    watch::{write_ok, LossTracker},
+    watch::{new_capture, write_ok, LossTracker},
 };
 
 /// A login event with what the daemon added.
@@ -301,6 +300,7 @@ impl Daemon {
                         trusted: j.login.trusted,
                         asn: j.asn.as_ref().map(|a| a.number),
                         country: j.geo.as_ref().and_then(|g| g.country.as_deref()),
+                        pam_bypassed: j.login.missed_by.contains(&"pam"),
                     };
                     let Decision { verdict, reason, alert, learning } = policy::decide(policy, history, &facts, now);
                     if let (Some(ip), true) = (facts.ip, facts.trusted) {
@@ -397,6 +397,8 @@ impl Daemon {
             ("state_dir", new.state_dir != self.config.state_dir),
             ("host", new.host != self.config.host),
             ("capture.libpam", new.capture.libpam != self.config.capture.libpam),
+            ("capture.sshd", new.capture.sshd != self.config.capture.sshd),
+            ("capture.sshd_witness", new.capture.sshd_witness != self.config.capture.sshd_witness),
             ("metrics", new.metrics != self.config.metrics),
         ];
         for (key, _) in fixed.iter().filter(|(_, changed)| *changed) {
@@ -405,6 +407,8 @@ impl Daemon {
         new.state_dir.clone_from(&self.config.state_dir);
         new.host.clone_from(&self.config.host);
         new.capture.libpam.clone_from(&self.config.capture.libpam);
+        new.capture.sshd.clone_from(&self.config.capture.sshd);
+        new.capture.sshd_witness = self.config.capture.sshd_witness;
         new.metrics = self.config.metrics;
         if new.sinks != self.config.sinks || new.alerts != self.config.alerts {
             // On this single-threaded runtime the new tasks first run after this returns, when
@@ -477,7 +481,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if dispatcher.is_empty() {
         info!("No [[sink]] configured: alerts are only marked in the output.");
     }
-    let mut probes = match loader::load(&daemon.config.capture.libpam) {
+    let mut probes = match loader::load(&daemon.config.capture.targets()) {
         Ok(p) => p,
         Err(e) => {
             if daemon.config.alerts.health_attach && !dispatcher.is_empty() {
@@ -492,7 +496,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.attached(path, *n);
     }
     let mut source = Source::new(&mut probes)?;
-    let mut assembler = Assembler::new(ctx, procinfo::ProcFs::default(), DEFAULT_CAPACITY);
+    let mut capture = new_capture(&probes, ctx);
     info!(history = %daemon.store.path().display(), "Streaming login events.");
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -511,11 +515,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut loss_alerted: Option<std::time::Instant> = None;
     let mut libpam = loader::watch_libpam(&probes);
     let mut records_counted = 0;
+    let mut events = Vec::new();
     while !stopping || !pending.is_empty() {
         let summary_due = dispatcher.summary_due();
+        let capture_due = capture.next_deadline();
         let health = &daemon.config.alerts;
         tokio::select! {
             biased;
+            _ = tokio::time::sleep_until(capture_due.unwrap_or_else(std::time::Instant::now).into()), if capture_due.is_some() => {
+                capture.tick(procinfo::boot_now_ns(), &mut events);
+            }
             _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
                 service::watchdog();
                 continue;
@@ -572,11 +581,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         metrics.records.inc_by(source.records - records_counted);
         records_counted = source.records;
-        let mut events = Vec::new();
         for record in records.drain(..) {
-            assembler.push(&record, &mut events);
+            capture.push(&record, &mut events);
         }
-        for out in daemon.judge(events)? {
+        if stopping {
+            capture.tick(u64::MAX, &mut events);
+        }
+        for out in daemon.judge(std::mem::take(&mut events))? {
             match &out {
                 Output::Login(j) if j.alert => dispatcher.submit(j.alert()),
                 Output::BruteForce(b) if b.alert => dispatcher.submit(b.alert()),
@@ -585,7 +596,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             count(&metrics, &out);
             daemon.queue(&mut pending, out);
         }
-        if let Some(lost) = losses.check(&source, assembler.evicted)? {
+        if let Some(lost) = losses.check(&source, capture.evicted())? {
             let health = &daemon.config.alerts;
             let quiet = loss_alerted.is_none_or(|at| at.elapsed() >= health.cooldown);
             if health.health_events_lost && quiet {

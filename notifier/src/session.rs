@@ -93,6 +93,9 @@ impl<P: ProcessLookup> Assembler<P> {
 
     /// Takes one record; appends the events it completes to `out`.
     pub fn push(&mut self, rec: &Record, out: &mut Vec<LoginEvent>) {
+        if rec.kind.is_sshd() {
+            return; // The sshd witness's records; see `crate::witness`.
+        }
         let h = &rec.header;
         let key = if h.owner_tgid != 0 {
             SessionKey { owner_tgid: h.owner_tgid, handle: h.handle, start_ns: h.session_start_ns }
@@ -148,6 +151,7 @@ impl<P: ProcessLookup> Assembler<P> {
             }
             RecordKind::OpenSession => None,
             RecordKind::CloseSession => close(s, h.ts_ns),
+            RecordKind::SshdConnect | RecordKind::SshdLogin | RecordKind::SshdUid | RecordKind::SshdExit => None,
             RecordKind::End => {
                 if key.owner_tgid != rec.tgid() {
                     None // A forked child ending its copy of the parent's handle.
@@ -209,10 +213,14 @@ impl<P: ProcessLookup> Assembler<P> {
             comm: bytes_to_text(rec.comm()),
             exe,
             caller_uid: rec.uid(),
+            uid: None,
             ppid: h.ppid,
+            owner_pid: key.owner_tgid,
             trusted: !s.untrusted,
             host: self.ctx.host.clone(),
             session: s.id.clone(),
+            witnesses: vec!["pam"],
+            missed_by: Vec::new(),
             duration_ms: duration,
             truncated,
         }

@@ -21,6 +21,17 @@ pub enum RecordKind {
     OpenSession,
     CloseSession,
     End,
+    SshdConnect,
+    SshdLogin,
+    SshdUid,
+    SshdExit,
+}
+
+impl RecordKind {
+    /// A record of the sshd witness (not of libpam).
+    pub fn is_sshd(self) -> bool {
+        matches!(self, Self::SshdConnect | Self::SshdLogin | Self::SshdUid | Self::SshdExit)
+    }
 }
 
 impl TryFrom<u32> for RecordKind {
@@ -35,6 +46,10 @@ impl TryFrom<u32> for RecordKind {
             kind::OPEN_SESSION => Self::OpenSession,
             kind::CLOSE_SESSION => Self::CloseSession,
             kind::END => Self::End,
+            kind::SSHD_CONNECT => Self::SshdConnect,
+            kind::SSHD_LOGIN => Self::SshdLogin,
+            kind::SSHD_UID => Self::SshdUid,
+            kind::SSHD_EXIT => Self::SshdExit,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -169,7 +184,20 @@ impl Source {
         while let Some(item) = ring.next() {
             read += 1;
             match decode(&item) {
-                Ok(record) => out.push(record),
+                Ok(record) => {
+                    tracing::trace!(
+                        kind = ?record.kind,
+                        tgid = record.tgid(),
+                        owner = record.header.owner_tgid,
+                        start = record.header.session_start_ns,
+                        item = record.header.item,
+                        ret = record.header.ret,
+                        comm = %String::from_utf8_lossy(record.comm()),
+                        data = %String::from_utf8_lossy(&record.data).escape_debug(),
+                        "record"
+                    );
+                    out.push(record)
+                }
                 Err(e) => {
                     *errors += 1;
                     if *errors <= 10 {

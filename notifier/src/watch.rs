@@ -14,13 +14,14 @@ use crate::{
     loader, procinfo,
     session::{format_time, Assembler, DEFAULT_CAPACITY},
     source::{LostCounts, Source},
+    witness::{self, Capture, ProcListeners, Witness},
 };
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let format = args.format();
-    let mut probes = loader::load(&args.libpam)?;
+    let mut probes = loader::load(&args.targets())?;
     let mut source = Source::new(&mut probes)?;
-    let mut assembler = Assembler::new(procinfo::host_context(), procinfo::ProcFs::default(), DEFAULT_CAPACITY);
+    let mut capture = new_capture(&probes, procinfo::host_context());
     let mut stdout = io::stdout().lock();
     info!(
         libpam = %probes.targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
@@ -35,7 +36,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut libpam = loader::watch_libpam(&probes);
     let mut stopping = false;
     while !stopping {
+        let due = capture.next_deadline();
         tokio::select! {
+            _ = tokio::time::sleep_until(due.unwrap_or_else(std::time::Instant::now).into()), if due.is_some() => {
+                capture.tick(procinfo::boot_now_ns(), &mut events);
+            }
             Some(path) = loader::next_replaced(&mut libpam) => {
                 loader::handle_replaced(&mut probes, &path);
                 continue;
@@ -49,7 +54,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             source.drain(&mut records);
         }
         for record in records.drain(..) {
-            assembler.push(&record, &mut events);
+            capture.push(&record, &mut events);
+        }
+        if stopping {
+            capture.tick(u64::MAX, &mut events);
         }
         for e in events.drain(..) {
             let wanted = args.services.is_empty() || e.service.as_ref().is_some_and(|s| args.services.contains(s));
@@ -57,7 +65,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        if let Some(lost) = losses.check(&source, assembler.evicted)? {
+        if let Some(lost) = losses.check(&source, capture.evicted())? {
             if !write_ok(event::write_lost(&mut stdout, format, &lost))? {
                 return Ok(());
             }
@@ -71,6 +79,17 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     }
     info!("Stopped; probes detached.");
     Ok(())
+}
+
+/// The PAM session assembler and the sshd witness, for the probes that were attached.
+pub fn new_capture(
+    probes: &loader::Probes,
+    ctx: crate::session::HostContext,
+) -> Capture<procinfo::ProcFs, ProcListeners> {
+    let assembler = Assembler::new(ctx.clone(), procinfo::ProcFs::default(), DEFAULT_CAPACITY);
+    let listeners = ProcListeners(probes.sshd.ids.clone());
+    let witness = Witness::new(ctx, procinfo::ProcFs::default(), listeners, witness::DEFAULT_CAPACITY);
+    Capture::new(assembler, witness)
 }
 
 /// Turns the kernel's loss counters and the session table's evictions into `events_lost` events,

@@ -1,2 +1,3 @@
-//! Probe families. `pam` covers libpam's public API.
+//! Probe families: `pam` covers libpam's public API, `sshd` the sshd witness.
 pub mod pam;
+pub mod sshd;

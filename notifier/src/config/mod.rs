@@ -135,13 +135,23 @@ impl Default for RawAlerts {
     }
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCapture {
     /// libpam files to attach to; empty: find them.
     pub libpam: Vec<PathBuf>,
     /// Only these PAM services; empty: all.
     pub services: Vec<String>,
+    /// Watch sshd itself too, so logins without PAM are seen.
+    pub sshd_witness: bool,
+    /// sshd binaries (sshd, sshd-session, sshd-auth); empty: find them.
+    pub sshd: Vec<PathBuf>,
+}
+
+impl Default for RawCapture {
+    fn default() -> Self {
+        Self { libpam: Vec::new(), services: Vec::new(), sshd_witness: true, sshd: Vec::new() }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -168,6 +178,7 @@ impl Default for RawPolicy {
                 Verdict::Local,
                 Verdict::Forged,
                 Verdict::BruteForce,
+                Verdict::PamBypassed,
             ],
             learning_days: 0,
             expire_days: 0,
@@ -270,6 +281,19 @@ pub struct Alerts {
 pub struct Capture {
     pub libpam: Vec<PathBuf>,
     pub services: Vec<String>,
+    pub sshd_witness: bool,
+    pub sshd: Vec<PathBuf>,
+}
+
+impl Capture {
+    /// What the loader attaches to.
+    pub fn targets(&self) -> crate::loader::Targets {
+        crate::loader::Targets {
+            libpam: self.libpam.clone(),
+            sshd: self.sshd.clone(),
+            sshd_witness: self.sshd_witness,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -385,7 +409,12 @@ impl Config {
         Ok(Config {
             state_dir: raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/notifier")),
             host: raw.host,
-            capture: Capture { libpam: raw.capture.libpam, services: raw.capture.services },
+            capture: Capture {
+                libpam: raw.capture.libpam,
+                services: raw.capture.services,
+                sshd_witness: raw.capture.sshd_witness,
+                sshd: raw.capture.sshd,
+            },
             policy: Policy {
                 known_networks: raw.policy.known_networks,
                 alert_on: raw.policy.alert_on,

@@ -36,6 +36,9 @@ pub enum Verdict {
     Forged,
     /// Repeated authentication failures from one IP.
     BruteForce,
+    /// sshd logged a user in, but PAM, which that sshd uses, opened no session for the login: a
+    /// tampered PAM stack or sshd.
+    PamBypassed,
 }
 
 impl Verdict {
@@ -51,6 +54,7 @@ impl Verdict {
             Self::Local => "local",
             Self::Forged => "forged",
             Self::BruteForce => "brute_force",
+            Self::PamBypassed => "pam_bypassed",
         }
     }
 }
@@ -63,6 +67,8 @@ pub struct Facts<'a> {
     pub trusted: bool,
     pub asn: Option<u32>,
     pub country: Option<&'a str>,
+    /// sshd saw this login and PAM, which that sshd uses, did not.
+    pub pam_bypassed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -89,6 +95,12 @@ fn classify(policy: &config::Policy, history: &History, f: &Facts<'_>) -> (Verdi
         return (
             Verdict::Forged,
             "the PAM caller is not a root process running a root-owned program, so its values may be forged".into(),
+        );
+    }
+    if f.pam_bypassed {
+        return (
+            Verdict::PamBypassed,
+            format!("sshd logged {user} in without the PAM session it uses for every other login (a tampered PAM stack or sshd?)"),
         );
     }
     let Some(ip) = f.ip else {
@@ -142,7 +154,7 @@ mod tests {
     }
 
     fn facts<'a>(ip: Option<&str>, country: Option<&'a str>, asn: Option<u32>) -> Facts<'a> {
-        Facts { user: "alice", ip: ip.map(|i| i.parse().unwrap()), trusted: true, asn, country }
+        Facts { user: "alice", ip: ip.map(|i| i.parse().unwrap()), trusted: true, asn, country, pam_bypassed: false }
     }
 
     #[test]
@@ -176,6 +188,11 @@ mod tests {
                 "first login seen for bob",
             ),
             (Facts { trusted: false, ..facts(Some("203.0.113.9"), None, None) }, Verdict::Forged, "forged"),
+            (
+                Facts { pam_bypassed: true, ..facts(Some("198.51.100.7"), Some("NZ"), Some(64500)) },
+                Verdict::PamBypassed,
+                "without the PAM session",
+            ),
         ];
         for (f, want, reason) in cases {
             let d = decide(&p, &h, f, 20);

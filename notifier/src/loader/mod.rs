@@ -1,4 +1,5 @@
-//! Loads the embedded eBPF object and attaches its probes to every libpam it finds.
+//! Loads the embedded eBPF object and attaches its probes to every libpam it finds, and the sshd
+//! witness to every sshd (see [`sshd`]).
 //!
 //! libpam is found, in order, at the paths given with `--libpam`, or else through the ldconfig
 //! cache, the standard library directories, and the libpam mapped by running sshd processes.
@@ -18,6 +19,8 @@ use aya::{
 };
 use notifier_common::names;
 use tracing::{debug, info, warn};
+
+pub mod sshd;
 
 /// The eBPF object, embedded once.
 static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/notifier"));
@@ -78,6 +81,13 @@ pub enum LoadError {
     LibpamNotFound { searched: String },
     #[error("--libpam {path}: {reason}; give the path of libpam.so.0 (e.g. /lib/x86_64-linux-gnu/libpam.so.0)")]
     BadLibpam { path: String, reason: String },
+    #[error("--sshd {path}: {reason}; give the path of sshd or sshd-session (e.g. /usr/sbin/sshd)")]
+    BadSshd { path: String, reason: String },
+    #[error(
+        "attaching {program} to the tracepoint {event}: {reason}; the sshd witness needs tracefs \
+         (/sys/kernel/tracing); turn it off with --no-sshd (capture.sshd_witness = false) to watch PAM only"
+    )]
+    Tracepoint { program: &'static str, event: String, reason: String },
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("program {program}: {reason}")]
@@ -93,10 +103,24 @@ pub struct Probes {
     pub targets: Vec<PathBuf>,
     /// How many uprobes are attached to each libpam file (re-attachments included).
     pub attached: Vec<(PathBuf, usize)>,
+    /// What the sshd witness watches (empty when it is off).
+    pub sshd: sshd::SshdTargets,
+}
+
+/// What to attach to.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    /// libpam files; empty: find them.
+    pub libpam: Vec<PathBuf>,
+    /// sshd binaries; empty: find them.
+    pub sshd: Vec<PathBuf>,
+    /// Attach the sshd witness.
+    pub sshd_witness: bool,
 }
 
 /// Checks privileges and kernel support, finds libpam, loads the object and attaches every probe.
-pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
+pub fn load(want: &Targets) -> Result<Probes, LoadError> {
+    let libpam = want.libpam.as_slice();
     check_privileges()?;
     for missing in optional_capabilities_missing() {
         warn!("{missing}.");
@@ -117,12 +141,32 @@ pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
     };
     let offsets = offsets.unwrap_or(notifier_common::TaskOffsets::zeroed());
     let btf = begin.elapsed();
-    let mut ebpf =
-        EbpfLoader::new().btf(None).override_global(names::TASK_OFFSETS, &offsets, true).load(OBJ).map_err(|e| {
-            match permission_error(&e) {
-                true => LoadError::NotPrivileged { missing: "the kernel refused BPF (EPERM)".into() },
-                false => LoadError::Load(e),
-            }
+    // The witness needs tracefs (for the tracepoints' ids and the fork record's layout). Given
+    // sshd paths make it required; otherwise a host without it still gets PAM.
+    let witness = match want.sshd_witness.then(sshd::tracefs) {
+        None => None,
+        Some(Ok(dir)) => Some(sshd::fork_child_pid_offset(&dir)),
+        Some(Err(e)) => Some(Err(e)),
+    };
+    let fork_child_pid = match witness {
+        Some(Ok(offset)) => Some(offset),
+        Some(Err(reason)) if want.sshd.is_empty() => {
+            warn!("sshd witness off, only PAM sees sshd logins: {reason}.");
+            None
+        }
+        Some(Err(reason)) => {
+            return Err(LoadError::Tracepoint { program: "sshd_fork", event: "sched:sched_process_fork".into(), reason })
+        }
+        None => None,
+    };
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .override_global(names::TASK_OFFSETS, &offsets, true)
+        .override_global(names::FORK_CHILD_PID, &fork_child_pid.unwrap_or(0), true)
+        .load(OBJ)
+        .map_err(|e| match permission_error(&e) {
+            true => LoadError::NotPrivileged { missing: "the kernel refused BPF (EPERM)".into() },
+            false => LoadError::Load(e),
         })?;
 
     for spec in PROBES {
@@ -136,6 +180,15 @@ pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
     for target in &targets {
         attached.push((target.clone(), attach_target(&mut ebpf, target)?));
     }
+    let sshd = match fork_child_pid {
+        Some(_) => {
+            let found = sshd::find(&want.sshd)?;
+            let sshd = sshd::attach(&mut ebpf, found)?;
+            sshd::report(&sshd);
+            sshd
+        }
+        None => sshd::SshdTargets::default(),
+    };
     // Parsing the kernel's BTF and the object allocates tens of MB that are freed by now; hand the
     // pages back so the resident size reflects the daemon's steady state.
     // SAFETY: malloc_trim has no preconditions.
@@ -152,7 +205,7 @@ pub fn load(libpam: &[PathBuf]) -> Result<Probes, LoadError> {
         libpam = %targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
         "Probes attached."
     );
-    Ok(Probes { ebpf, targets, attached })
+    Ok(Probes { ebpf, targets, attached, sshd })
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {

@@ -1,0 +1,237 @@
+//! The sshd witness's part of loading: finding the sshd binaries, telling the probes which they
+//! are, and attaching the `setlogin` uprobes and the tracepoints.
+//!
+//! sshd binaries are found, in order, at the paths given with `--sshd`, or else through the
+//! running listeners (their executable, and the `sshd-session`/`sshd-auth` beside it) and the
+//! standard paths. `setlogin` is probed in `sshd` (up to OpenSSH 9.7) and `sshd-session` (9.8 and
+//! later); `sshd-auth` (10.0) is only registered, so that its exit is recognised.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::HashMap,
+    programs::{uprobe::UProbeScope, TracePoint, UProbe},
+    Ebpf,
+};
+use notifier_common::names;
+use tracing::{debug, info, warn};
+
+use super::{check_elf, LoadError};
+
+/// Standard places for sshd and its helpers.
+const STANDARD_PATHS: &[&str] = &[
+    "/usr/sbin/sshd",
+    "/usr/lib/openssh/sshd-session",
+    "/usr/lib/openssh/sshd-auth",
+    "/usr/libexec/openssh/sshd-session",
+    "/usr/libexec/openssh/sshd-auth",
+    "/usr/libexec/sshd-session",
+    "/usr/libexec/sshd-auth",
+    "/usr/lib/ssh/sshd-session",
+    "/usr/lib/ssh/sshd-auth",
+    "/usr/local/sbin/sshd",
+    "/usr/local/libexec/sshd-session",
+    "/usr/local/libexec/sshd-auth",
+];
+
+/// Where sshd-session and sshd-auth live relative to sshd's `sbin` directory, per distribution.
+const HELPER_DIRS: &[&str] = &["lib/openssh", "libexec/openssh", "libexec", "lib/ssh"];
+const HELPERS: &[&str] = &["sshd-session", "sshd-auth"];
+
+/// The tracepoints of the witness: (program, category, event).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sshd_enter_accept", "syscalls", "sys_enter_accept"),
+    ("sshd_enter_accept", "syscalls", "sys_enter_accept4"),
+    ("sshd_exit_accept", "syscalls", "sys_exit_accept"),
+    ("sshd_exit_accept", "syscalls", "sys_exit_accept4"),
+    ("sshd_enter_setresuid", "syscalls", "sys_enter_setresuid"),
+    ("sshd_exit_setresuid", "syscalls", "sys_exit_setresuid"),
+    ("sshd_fork", "sched", "sched_process_fork"),
+    ("sshd_exit", "sched", "sched_process_exit"),
+];
+
+const SETLOGIN: &str = "sshd_setlogin";
+
+/// The sshd binaries notifier watches.
+#[derive(Debug, Default)]
+pub struct SshdTargets {
+    /// Every sshd binary found (for `SSHD_BINS`).
+    pub binaries: Vec<PathBuf>,
+    /// (device, inode) of each, to check a connection's listener in userspace.
+    pub ids: HashSet<(u64, u64)>,
+    /// The binaries `setlogin` is probed in.
+    pub probed: Vec<PathBuf>,
+}
+
+/// Finds the sshd binaries: the given paths (each must be an ELF file), or every one on the host.
+pub fn find(given: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    if !given.is_empty() {
+        for p in given {
+            if let Err(reason) = check_elf(p) {
+                return Err(LoadError::BadSshd { path: p.display().to_string(), reason });
+            }
+        }
+        return Ok(super::dedupe(given.iter().cloned()));
+    }
+    let running = running_listeners();
+    let mut candidates: Vec<PathBuf> = STANDARD_PATHS.iter().map(PathBuf::from).collect();
+    candidates.extend(running.iter().flat_map(|exe| helpers_beside(exe)));
+    candidates.extend(running);
+    Ok(super::dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok())))
+}
+
+/// The executables of running sshd listeners (and of sshd processes in general), through each
+/// process's root, so that an sshd in a container is found too.
+fn running_listeners() -> Vec<PathBuf> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !comm.trim().starts_with("sshd") {
+            continue;
+        }
+        if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
+            let exe = exe.strip_prefix("/").map(Path::to_path_buf).unwrap_or(exe);
+            found.push(PathBuf::from(format!("/proc/{pid}/root")).join(exe));
+        }
+    }
+    found
+}
+
+/// `sshd-session` and `sshd-auth` next to an sshd in `<prefix>/sbin`.
+fn helpers_beside(sshd: &Path) -> Vec<PathBuf> {
+    let Some(prefix) = sshd.parent().and_then(Path::parent) else { return Vec::new() };
+    HELPER_DIRS.iter().flat_map(|dir| HELPERS.iter().map(move |h| prefix.join(dir).join(h))).collect()
+}
+
+/// Registers `binaries` with the probes and attaches the witness. Returns what is watched.
+pub fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>) -> Result<SshdTargets, LoadError> {
+    let mut targets = SshdTargets::default();
+    {
+        let map = ebpf.map_mut(names::SSHD_BINS).ok_or_else(|| program_error(names::SSHD_BINS, "map missing"))?;
+        let mut bins: HashMap<_, u64, u8> =
+            HashMap::try_from(map).map_err(|e| program_error(names::SSHD_BINS, e))?;
+        for path in &binaries {
+            let Ok(meta) = fs::metadata(path) else { continue };
+            bins.insert(meta.ino(), 1, 0).map_err(|e| program_error(names::SSHD_BINS, e))?;
+            targets.ids.insert((meta.dev(), meta.ino()));
+        }
+    }
+    for (program, category, event) in TRACEPOINTS {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| program_error(program, "not in the object"))?
+            .try_into()
+            .map_err(|e| program_error(program, e))?;
+        if tp.fd().is_err() {
+            tp.load().map_err(|e| program_error(program, format!("{e:#}")))?;
+        }
+        tp.attach(category, event).map_err(|e| LoadError::Tracepoint {
+            program,
+            event: format!("{category}:{event}"),
+            reason: format!("{e}"),
+        })?;
+    }
+    let setlogin: &mut UProbe = ebpf
+        .program_mut(SETLOGIN)
+        .ok_or_else(|| program_error(SETLOGIN, "not in the object"))?
+        .try_into()
+        .map_err(|e| program_error(SETLOGIN, e))?;
+    setlogin.load().map_err(|e| program_error(SETLOGIN, format!("{e:#}")))?;
+    for path in &binaries {
+        if path.file_name().is_some_and(|n| n == "sshd-auth") {
+            continue; // Pre-auth only: a setlogin there would not be a login.
+        }
+        match setlogin.attach("setlogin", path, UProbeScope::AllProcesses) {
+            Ok(_) => targets.probed.push(path.clone()),
+            Err(e) => debug!(path = %path.display(), error = %e, "No setlogin to probe in this sshd binary."),
+        }
+    }
+    targets.binaries = binaries;
+    Ok(targets)
+}
+
+fn program_error(program: &'static str, reason: impl std::fmt::Display) -> LoadError {
+    LoadError::Program { program, reason: reason.to_string() }
+}
+
+/// Where tracefs is (mounting it when it is not), for the tracepoints and their formats.
+pub fn tracefs() -> Result<PathBuf, String> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(PathBuf::from(dir));
+        }
+    }
+    // systemd mounts it at boot (sys-kernel-tracing.mount); without systemd, mount it here.
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: every pointer is a valid NUL-terminated string; the data argument may be NULL.
+    let rc = unsafe { libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(format!("tracefs is not mounted and mounting it failed: {}", std::io::Error::last_os_error()));
+    }
+    info!("Mounted tracefs on /sys/kernel/tracing, for the sshd witness's tracepoints.");
+    Ok(PathBuf::from("/sys/kernel/tracing"))
+}
+
+/// The offset of `child_pid` in `sched:sched_process_fork` records, from the event's format.
+pub fn fork_child_pid_offset(tracefs: &Path) -> Result<u32, String> {
+    let path = tracefs.join("events/sched/sched_process_fork/format");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_field_offset(&text, "child_pid").ok_or_else(|| format!("{}: no child_pid field", path.display()))
+}
+
+fn parse_field_offset(format: &str, name: &str) -> Option<u32> {
+    let line = format.lines().find(|l| l.split(';').next().is_some_and(|decl| decl.trim_end().ends_with(&format!(" {name}"))))?;
+    line.split(';').find_map(|part| part.trim().strip_prefix("offset:")).and_then(|n| n.parse().ok())
+}
+
+/// Logs what the witness watches, or why it is off.
+pub fn report(targets: &SshdTargets) {
+    if targets.probed.is_empty() {
+        warn!(
+            "sshd witness: no sshd binary with a setlogin symbol was found, so only PAM sees sshd logins; \
+             give its path with --sshd PATH (or capture.sshd in the config)"
+        );
+    } else {
+        info!(
+            sshd = %targets.probed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
+            "sshd witness attached."
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_child_pid_offset_from_old_and_new_formats() {
+        let new = "format:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+            \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+            \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+            \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(new, "child_pid"), Some(20));
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+            \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+            \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+            \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(old, "child_pid"), Some(44));
+        assert_eq!(parse_field_offset(old, "parent_pid"), Some(24));
+        assert_eq!(parse_field_offset(old, "pid"), None);
+    }
+
+    #[test]
+    fn helpers_are_looked_for_beside_sshd() {
+        let found = helpers_beside(Path::new("/opt/ssh/sbin/sshd"));
+        assert!(found.contains(&PathBuf::from("/opt/ssh/lib/openssh/sshd-session")));
+        assert!(found.contains(&PathBuf::from("/opt/ssh/libexec/sshd-auth")));
+    }
+}
