@@ -12,9 +12,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use notifier_common::{
-    kind, lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey,
-    SshdAccepted, SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, MAX_SSHD_CONNS,
-    MAX_SSHD_LISTENERS, RING_BYTES,
+    kind, lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey, SshdAccepted,
+    SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, MAX_SSHD_CONNS, MAX_SSHD_LISTENERS,
+    RING_BYTES,
 };
 
 #[map]

@@ -148,8 +148,12 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
 
     /// Reports what is held past its deadline.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<LoginEvent>) {
-        let due: Vec<u32> =
-            self.conns.iter().filter(|(_, c)| c.held.as_ref().is_some_and(|(_, at)| *at <= now_ns)).map(|(k, _)| *k).collect();
+        let due: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.held.as_ref().is_some_and(|(_, at)| *at <= now_ns))
+            .map(|(k, _)| *k)
+            .collect();
         for owner in due {
             self.release(owner, out);
         }
@@ -508,10 +512,7 @@ mod tests {
 
     fn capture(listener_is_sshd: bool) -> Capture<Procs, Listeners> {
         let ctx = HostContext { host: "web-1".into(), boot_id: "b".into(), boot_to_unix_ns: 0 };
-        Capture::new(
-            Assembler::new(ctx.clone(), Procs, 16),
-            Witness::new(ctx, Procs, Listeners(listener_is_sshd), 16),
-        )
+        Capture::new(Assembler::new(ctx.clone(), Procs, 16), Witness::new(ctx, Procs, Listeners(listener_is_sshd), 16))
     }
 
     fn header(kind: u32, tgid: u32, ts_ms: u64) -> EventHeader {

@@ -21,6 +21,8 @@ mod daemon;
 mod resilience;
 #[path = "kernel/service.rs"]
 mod service;
+#[path = "kernel/witness.rs"]
+mod witness;
 
 const WAIT: Duration = Duration::from_secs(15);
 

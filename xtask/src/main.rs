@@ -13,6 +13,7 @@
 use std::{
     env,
     ffi::OsString,
+    fs,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
@@ -207,6 +208,7 @@ fn setup(needs: Needs) -> Result<()> {
 
     if needs != Needs::Build {
         ensure_cargo_deb()?;
+        fetch_openssh10()?;
     }
 
     // bpf-linker, linked against LLVM 22.
@@ -222,6 +224,80 @@ fn setup(needs: Needs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// OpenSSH 10.0 (sshd-session, sshd-auth) for the sshd witness tests, from Debian's
+/// bookworm-backports, which runs on bookworm's libraries. It is downloaded with a private APT
+/// configuration and unpacked under target/: /etc/apt is untouched and nothing is installed.
+const OPENSSH10_VERSION: &str = "1:10.0p1-7~bpo12+1";
+const OPENSSH10_PACKAGES: &[&str] = &["openssh-server", "openssh-client", "openssh-sftp-server"];
+
+/// Where the unpacked OpenSSH 10.0 lives (its `usr/sbin/sshd`, `usr/lib/openssh/sshd-session`…).
+fn openssh10_root() -> PathBuf {
+    workspace_root().join("target/openssh-10.0/root")
+}
+
+fn fetch_openssh10() -> Result<()> {
+    let root = openssh10_root();
+    if root.join("usr/lib/openssh/sshd-session").exists() {
+        println!("setup: OpenSSH 10.0 present in {}", root.display());
+        return Ok(());
+    }
+    println!("setup: downloading OpenSSH {OPENSSH10_VERSION} from bookworm-backports (for the sshd witness tests)");
+    let base = root.parent().context("openssh dir")?.to_path_buf();
+    let _ = fs::remove_dir_all(&base);
+    for dir in ["lists/partial", "cache/archives/partial", "debs"] {
+        fs::create_dir_all(base.join(dir))?;
+    }
+    let mirror = debian_mirror();
+    fs::write(
+        base.join("sources.list"),
+        format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} bookworm-backports main\n"),
+    )?;
+    fs::write(
+        base.join("apt.conf"),
+        format!(
+            "Dir::Etc::SourceList \"{b}/sources.list\";\nDir::Etc::SourceParts \"/nonexistent\";\n\
+             Dir::State::Lists \"{b}/lists\";\nDir::Cache \"{b}/cache\";\nAPT::Sandbox::User \"root\";\n",
+            b = base.display()
+        ),
+    )?;
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.env("APT_CONFIG", base.join("apt.conf")).current_dir(base.join("debs")).args(["-q"]).args(args);
+        cmd
+    };
+    check(&mut apt(&["update"]))?;
+    let pinned: Vec<String> = OPENSSH10_PACKAGES.iter().map(|p| format!("{p}={OPENSSH10_VERSION}")).collect();
+    if !succeeds(apt(&[]).arg("download").args(&pinned)) {
+        // A newer backport replaced it: take the suite's current one.
+        let latest: Vec<String> = OPENSSH10_PACKAGES.iter().map(|p| format!("{p}/bookworm-backports")).collect();
+        check(apt(&[]).arg("download").args(&latest))?;
+    }
+    for deb in fs::read_dir(base.join("debs"))? {
+        check(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&root))?;
+    }
+    println!("setup: OpenSSH 10.0 unpacked in {}", root.display());
+    Ok(())
+}
+
+/// The Debian mirror the system uses (deb822 or one-line sources), or deb.debian.org.
+fn debian_mirror() -> String {
+    let deb822 = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    let one_line = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    deb822
+        .lines()
+        .find_map(|l| l.strip_prefix("URIs:").and_then(|u| u.split_whitespace().find(|u| !u.contains("security"))))
+        .or_else(|| {
+            one_line
+                .lines()
+                .filter(|l| l.starts_with("deb "))
+                .flat_map(|l| l.split_whitespace())
+                .find(|w| w.starts_with("http") && !w.contains("security"))
+        })
+        .unwrap_or("http://deb.debian.org/debian")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Builds everything in release mode and returns the path of the notifier binary.
@@ -285,7 +361,8 @@ fn test(no_setup: bool, filter: Option<String>) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--package", "notifier-tests", "--"])
         .arg("--test-threads=1")
-        .env("NOTIFIER_BIN", &bin);
+        .env("NOTIFIER_BIN", &bin)
+        .env("NOTIFIER_OPENSSH10", openssh10_root());
     let filtered = filter.is_some();
     if let Some(filter) = filter {
         cmd.arg(filter);

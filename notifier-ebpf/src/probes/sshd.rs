@@ -21,8 +21,7 @@ use notifier_common::{
 };
 
 use crate::record::{
-    count_lost, exit_code, running_sshd, save_inflight, take_inflight_if_any, tgid, Record, SSHD_ACCEPTED,
-    SSHD_CONNS,
+    count_lost, exit_code, running_sshd, save_inflight, take_inflight_if_any, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS,
 };
 
 /// Offsets in the `syscalls:sys_enter_*`/`sys_exit_*` records: the arguments start at 16, 8 bytes

@@ -288,11 +288,7 @@ pub struct Capture {
 impl Capture {
     /// What the loader attaches to.
     pub fn targets(&self) -> crate::loader::Targets {
-        crate::loader::Targets {
-            libpam: self.libpam.clone(),
-            sshd: self.sshd.clone(),
-            sshd_witness: self.sshd_witness,
-        }
+        crate::loader::Targets { libpam: self.libpam.clone(), sshd: self.sshd.clone(), sshd_witness: self.sshd_witness }
     }
 }
 

@@ -155,7 +155,11 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
             None
         }
         Some(Err(reason)) => {
-            return Err(LoadError::Tracepoint { program: "sshd_fork", event: "sched:sched_process_fork".into(), reason })
+            return Err(LoadError::Tracepoint {
+                program: "sshd_fork",
+                event: "sched:sched_process_fork".into(),
+                reason,
+            })
         }
         None => None,
     };

@@ -116,8 +116,7 @@ pub fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>) -> Result<SshdTargets, Lo
     let mut targets = SshdTargets::default();
     {
         let map = ebpf.map_mut(names::SSHD_BINS).ok_or_else(|| program_error(names::SSHD_BINS, "map missing"))?;
-        let mut bins: HashMap<_, u64, u8> =
-            HashMap::try_from(map).map_err(|e| program_error(names::SSHD_BINS, e))?;
+        let mut bins: HashMap<_, u64, u8> = HashMap::try_from(map).map_err(|e| program_error(names::SSHD_BINS, e))?;
         for path in &binaries {
             let Ok(meta) = fs::metadata(path) else { continue };
             bins.insert(meta.ino(), 1, 0).map_err(|e| program_error(names::SSHD_BINS, e))?;
@@ -188,7 +187,9 @@ pub fn fork_child_pid_offset(tracefs: &Path) -> Result<u32, String> {
 }
 
 fn parse_field_offset(format: &str, name: &str) -> Option<u32> {
-    let line = format.lines().find(|l| l.split(';').next().is_some_and(|decl| decl.trim_end().ends_with(&format!(" {name}"))))?;
+    let line = format
+        .lines()
+        .find(|l| l.split(';').next().is_some_and(|decl| decl.trim_end().ends_with(&format!(" {name}"))))?;
     line.split(';').find_map(|part| part.trim().strip_prefix("offset:")).and_then(|n| n.parse().ok())
 }
 
