@@ -295,8 +295,9 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
                 } else if c.pam_failures == 0 && c.opened.is_none() && c.login.is_none() {
                     let mut e = self.base_event(&self.conns[&owner], owner, EventKind::AuthFailure, h.ts_ns);
                     e.user = self.conns[&owner].pam_user.clone();
+                    // The pre-auth child runs unprivileged by design; what is trusted is that it
+                    // belongs to a connection of a root sshd listener.
                     e.comm = bytes_to_text(rec.comm());
-                    e.trusted &= rec.trusted();
                     out.push(e);
                 }
             }

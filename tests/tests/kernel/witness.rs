@@ -228,3 +228,92 @@ fn each_connection_is_one_event_on_openssh_9_2_and_10_0_with_and_without_pam() {
         }
     }
 }
+
+/// A shared object that, preloaded into sshd, answers `pam_open_session` and `pam_close_session`
+/// itself without calling libpam: the classic way a tampered host skips the PAM session stack
+/// (and whatever it logs or enforces) while sshd still logs the user in.
+fn pam_session_skipper(lab: &Lab) -> std::path::PathBuf {
+    let source = lab.path("skip_pam_session.c");
+    std::fs::write(
+        &source,
+        "int pam_open_session(void *pamh, int flags) { (void)pamh; (void)flags; return 0; }\n\
+         int pam_close_session(void *pamh, int flags) { (void)pamh; (void)flags; return 0; }\n",
+    )
+    .expect("writing the shim");
+    let object = lab.path("skip_pam_session.so");
+    run(Command::new("gcc").args(["-shared", "-fPIC", "-o"]).arg(&object).arg(&source));
+    object
+}
+
+#[test]
+fn run_flags_an_sshd_that_skips_pam_and_counts_failures_without_pam() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let hook = HttpReceiver::start();
+    let d = DaemonLab::new(|_| {
+        format!(
+            "[alerts]\nretry_initial_ms = 200\n[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+            hook.url("/hook")
+        )
+    });
+    let shim_lab = Lab::new();
+    let shim = pam_session_skipper(&shim_lab);
+    let tampered = Sshd::launch(SshdSpec {
+        use_pam: true,
+        extra: "PasswordAuthentication no",
+        env: vec![("LD_PRELOAD".into(), shim.display().to_string())],
+        ..SshdSpec::default()
+    });
+    let no_pam = Sshd::launch(SshdSpec { use_pam: false, extra: "PasswordAuthentication no", ..SshdSpec::default() });
+    let user = TestUser::new();
+    user.authorize_key(&tampered.lab.path("client_key.pub"));
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(no_pam.lab.path("wrong_key")));
+    let n = Notifier::run(&d.config);
+
+    // The tampered sshd: libpam's pam_start runs, its session stack does not.
+    let ip = "127.0.74.1";
+    ssh_ok(tampered.ssh(&user.name, "127.0.0.1", Some(ip), &[]).arg("true"), &tampered, "login");
+    let events = events_from(&n, &[ip.to_string()], Duration::from_secs(20), |e| count(e, "session_open", ip) == 1);
+    let open = events.iter().find(|e| e["event"] == "session_open").unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(open["user"], user.name.as_str(), "{open}");
+    assert_eq!(open["witnesses"], serde_json::json!(["sshd"]), "{open}");
+    assert_eq!(open["missed_by"], serde_json::json!(["pam"]), "{open}");
+    assert_eq!(open["verdict"], "pam_bypassed", "{open}");
+    assert_eq!(open["alert"], true, "{open}");
+    let reqs = hook.wait(WAIT_ALERT, |r| !r.is_empty());
+    assert_eq!(reqs.len(), 1, "one alert: {reqs:?}");
+    let alert = reqs[0].json();
+    assert_eq!(alert["verdict"], "pam_bypassed", "{alert}");
+    assert_eq!(alert["event"]["peer"]["ip"], ip, "{alert}");
+
+    // Six wrong keys from one address at an sshd without PAM: six auth_failures, one brute_force.
+    let attacker = "127.0.74.66";
+    for _ in 0..6 {
+        let status = no_pam
+            .ssh_with_key(&no_pam.lab.path("wrong_key"), &user.name, "127.0.0.1", Some(attacker), &[])
+            .arg("true")
+            .stderr(Stdio::null())
+            .status()
+            .expect("ssh");
+        assert!(!status.success());
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.iter().filter(|e: &&Value| e["event"] == "brute_force").count() == 0 {
+        let left =
+            deadline.checked_duration_since(Instant::now()).unwrap_or_else(|| panic!("no brute_force: {seen:#?}"));
+        let Some(line) = n.next_line(left) else { continue };
+        let v: Value = serde_json::from_str(&line).expect("JSON");
+        if v["peer"]["ip"] == attacker || v["ip"] == attacker {
+            seen.push(v);
+        }
+    }
+    let failures: Vec<&Value> = seen.iter().filter(|e| e["event"] == "auth_failure").collect();
+    assert!(failures.len() >= 5, "{seen:#?}");
+    assert!(failures.iter().all(|e| e["witnesses"] == serde_json::json!(["sshd"])), "{seen:#?}");
+    let brute = seen.iter().find(|e| e["event"] == "brute_force").expect("brute_force");
+    assert!(brute["count"].as_u64().is_some_and(|c| c >= 5), "{brute}");
+}
+
+const WAIT_ALERT: Duration = Duration::from_secs(15);
