@@ -11,7 +11,8 @@
 //!   `witnesses: ["pam", "sshd"]`;
 //! - a login sshd saw (`setlogin`) but PAM did not: `witnesses: ["sshd"]`, marked
 //!   `missed_by: ["pam"]` when that sshd uses PAM (its connections call libpam), which policy
-//!   treats as suspicious;
+//!   treats as suspicious. On such a connection the sshd login waits [`HOLD_NS`] for PAM's open
+//!   first, so that a PAM open that came late is merged, never doubled or flagged;
 //! - a pre-auth child that exits non-zero, with no PAM `auth_failure` for that connection: an
 //!   `auth_failure` with the peer (and the user name, if PAM's `pam_start` saw one);
 //! - OpenSSH up to 9.7 calls `setlogin` for root only per session, so an `ssh -N root@…` login
@@ -187,6 +188,9 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
         };
         match e.event {
             EventKind::SessionOpen if c.opened.is_none() => {
+                if matches!(c.held, Some((Held::Sshd { .. }, _))) {
+                    c.held = None; // PAM's open, late, is the login sshd already saw.
+                }
                 let confirmed = c.preauth == Some(0) || c.login.is_some();
                 if confirmed && c.uid.is_some() {
                     e.witnesses = vec![PAM, SSHD];
@@ -263,7 +267,15 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
                 if c.uid.is_none() {
                     c.uid = Some(h.item);
                 }
-                if matches!(c.held, Some((Held::Pam(_) | Held::Sshd { .. }, _))) && c.login.is_some() {
+                // An sshd-only login on a connection that uses PAM waits for PAM's open (or
+                // its deadline) even once the uid is known: only then is PAM's absence certain.
+                let uses_pam = c.pam_seen || self.pam_listeners.contains(&c.listener);
+                let due = match c.held {
+                    Some((Held::Pam(_), _)) => true,
+                    Some((Held::Sshd { .. }, _)) => !uses_pam,
+                    _ => false,
+                };
+                if due && c.login.is_some() {
                     self.release(owner, out);
                 }
             }
@@ -653,9 +665,30 @@ mod tests {
         recs.extend(pam(&[], b"alice", 2)); // this sshd uses PAM…
         recs.push(preauth_exit(5, 0, b"sshd"));
         recs.extend(login(6, b"alice", 1001)); // …but no pam_open_session came
-        let out = run(&mut c, recs);
+        assert!(run(&mut c, recs).is_empty(), "held for PAM's open");
+        assert_eq!(c.witness.next_deadline(), Some(6_000_000 + HOLD_NS));
+        let mut out = Vec::new();
+        c.tick(6_000_000 + HOLD_NS, &mut out);
         assert_eq!(kinds(&out), [(EventKind::SessionOpen, vec!["sshd"])]);
         assert_eq!(out[0].missed_by, ["pam"]);
+        assert_eq!(out[0].uid, Some(1001));
+    }
+
+    #[test]
+    fn a_late_pam_open_is_merged_not_doubled() {
+        let mut c = capture(true);
+        let mut recs = vec![connect(1)];
+        recs.extend(pam(&[], b"alice", 2));
+        recs.push(preauth_exit(5, 0, b"sshd"));
+        recs.extend(login(6, b"alice", 1001));
+        let out = run(&mut c, recs);
+        assert!(out.is_empty(), "the sshd login waits for PAM on a connection that uses it: {out:#?}");
+        let out = run(&mut c, pam(&[(kind::OPEN_SESSION, 0)], b"alice", 2).split_off(4));
+        assert_eq!(kinds(&out), [(EventKind::SessionOpen, vec!["pam", "sshd"])], "{out:#?}");
+        assert_eq!(out[0].uid, Some(1001));
+        let mut out = Vec::new();
+        c.tick(u64::MAX, &mut out);
+        assert!(out.is_empty(), "nothing left to report: {out:#?}");
     }
 
     #[test]

@@ -823,6 +823,62 @@ fn write_markdown(path: &Path, report: &Report, quick: bool) {
     fs::write(path, md).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
+/// What the sshd witness's tracepoints cost everything else on the machine: every process's fork
+/// and exit, and every `accept()`, hit them (sshd or not).
+fn witness_cost(report: &mut Report, runs: usize) {
+    const SPAWNS: usize = 2000;
+    const ACCEPTS: usize = 5000;
+    let spawns = || {
+        let start = Instant::now();
+        for _ in 0..SPAWNS {
+            let status = Command::new("/bin/true").status().expect("/bin/true");
+            assert!(status.success());
+        }
+        start.elapsed().as_secs_f64() * 1e6 / SPAWNS as f64
+    };
+    let accepts = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let start = Instant::now();
+        for _ in 0..ACCEPTS {
+            let client = std::net::TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            drop((client, server));
+        }
+        start.elapsed().as_secs_f64() * 1e6 / ACCEPTS as f64
+    };
+    let lab = Lab::new();
+    let libpam = private_libpam(&lab);
+    let path = libpam.to_str().expect("path");
+    let (mut spawn_added, mut accept_added) = (Vec::new(), Vec::new());
+    let (mut spawn_bare, mut accept_bare) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (s0, a0) = (spawns(), accepts());
+        let n = Notifier::watch(&["--json", "--libpam", path]);
+        assert!(n.stderr().contains("sshd witness attached"), "{}", n.stderr());
+        let (s1, a1) = (spawns(), accepts());
+        drop(n);
+        spawn_bare.push(s0);
+        accept_bare.push(a0);
+        spawn_added.push(s1 - s0);
+        accept_added.push(a1 - a0);
+    }
+    report.row(
+        "witness cost",
+        format!("µs per process spawn + exit ({runs} pairs × {SPAWNS})"),
+        format!("{:.0} µs, {:+.1} µs (spread {})", median(&spawn_bare), median(&spawn_added), spread(&spawn_added)),
+        "",
+        "-",
+    );
+    report.row(
+        "witness cost",
+        format!("µs per loopback connect + accept ({runs} pairs × {ACCEPTS})"),
+        format!("{:.1} µs, {:+.2} µs (spread {})", median(&accept_bare), median(&accept_added), spread(&accept_added)),
+        "",
+        "-",
+    );
+}
+
 const METHOD: &str = "
 ## How each figure is taken
 
@@ -855,6 +911,10 @@ directly with a `pam_permit` service. PAM benchmarks use a private copy of libpa
 - **Fuzzing**: `cargo fuzz` (libFuzzer, AddressSanitizer) on the decoding of kernel records
   (`decode`), the parsing of `SSH_AUTH_INFO_0`, `SSH_CONNECTION` and rhosts (`authinfo`), and the
   config (`config`), for a fixed time each; the targets are in `fuzz/`.
+- **Witness cost**: the sshd witness's fork, exit and `accept` tracepoints fire for every process
+  on the machine. Pairs of runs without and with `notifier watch`: 2,000 spawns of `/bin/true`, and
+  5,000 loopback connect + accept pairs in one process (not sshd, so the probe only checks the
+  executable and moves on); the figure is the median of the pairwise differences.
 - **Alert latency**: 20 sessions/s from new addresses, each raising an alert to a webhook on
   127.0.0.1; from `pam_open_session` returning to the request read by the receiver.
 ";
@@ -869,6 +929,7 @@ fn main() {
     let mut report = Report { per_hit_ns: f64::NAN, rows: Vec::new(), notes: Vec::new() };
     println!("{:<18} {:<44} {:<34} {:<16} result", "case", "what", "figure", "target");
     probe_cost(&mut report, if q { 3 } else { 7 });
+    witness_cost(&mut report, if q { 3 } else { 7 });
     login_overhead(&mut report, if q { 5 } else { 15 });
     event_latency(&mut report, if q { 1000 } else { 4000 });
     throughput(&mut report, if q { 10_000 } else { 30_000 });
