@@ -89,6 +89,8 @@ pub fn find(given: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 /// process's root, so that an sshd in a container is found too.
 fn running_listeners() -> Vec<PathBuf> {
     let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let root_id = |path: &str| fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let own_root = root_id("/proc/self/root");
     let mut found = Vec::new();
     for entry in dir.flatten() {
         let pid = entry.file_name();
@@ -98,8 +100,15 @@ fn running_listeners() -> Vec<PathBuf> {
             continue;
         }
         if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
-            let exe = exe.strip_prefix("/").map(Path::to_path_buf).unwrap_or(exe);
-            found.push(PathBuf::from(format!("/proc/{pid}/root")).join(exe));
+            // A process that shares our root gets its plain path; one in a container is reached
+            // through its root.
+            let root = format!("/proc/{pid}/root");
+            if own_root.is_some() && root_id(&root) == own_root {
+                found.push(exe);
+            } else {
+                let exe = exe.strip_prefix("/").map(Path::to_path_buf).unwrap_or(exe);
+                found.push(PathBuf::from(root).join(exe));
+            }
         }
     }
     found
