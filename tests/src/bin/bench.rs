@@ -422,6 +422,93 @@ fn login_overhead(report: &mut Report, reps: usize) {
 
 /// Probe hits in one pam-driver session: pam_start (entry and return), pam_set_item (PAM_RHOST),
 /// pam_open_session and pam_close_session (entry and return each), pam_end.
+/// The SSH login driver, concurrent: `workers` clients, each from its own 127.0.90.x address, doing
+/// `per_worker` key logins back to back; without and then with `notifier run`. With notifier, every
+/// login must be reported once.
+fn concurrent_logins(report: &mut Report, workers: usize, per_worker: usize, reps: usize) {
+    let sshd = Sshd::start("PasswordAuthentication no\nMaxStartups 100");
+    let user = TestUser::new();
+    user.authorize_key(&sshd.lab.path("client_key.pub"));
+    let drive = |sshd: &Sshd| -> (f64, Vec<f64>) {
+        let begin = Instant::now();
+        let times = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let bind = format!("127.0.90.{}", w + 1);
+                    let user = user.name.clone();
+                    scope.spawn(move || {
+                        (0..per_worker)
+                            .map(|_| {
+                                let t = Instant::now();
+                                let out =
+                                    sshd.ssh(&user, "127.0.0.1", Some(&bind), &[]).arg("true").output().expect("ssh");
+                                assert!(out.status.success(), "ssh: {}", String::from_utf8_lossy(&out.stderr));
+                                t.elapsed().as_secs_f64() * 1000.0
+                            })
+                            .collect::<Vec<f64>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("worker")).collect::<Vec<f64>>()
+        });
+        ((workers * per_worker) as f64 / begin.elapsed().as_secs_f64(), times)
+    };
+    let total = workers * per_worker;
+    let (mut rate_without, mut rate_with, mut t_without, mut t_with) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut reported = Vec::new();
+    for _ in 0..reps {
+        let (rate, times) = drive(&sshd);
+        rate_without.push(rate);
+        t_without.extend(times);
+        let d = DaemonLab::new(|_| String::new());
+        let n = Notifier::run(&d.config);
+        let (rate, times) = drive(&sshd);
+        rate_with.push(rate);
+        t_with.extend(times);
+        let lines = n.lines_until_quiet(Duration::from_secs(2), Duration::from_secs(60));
+        let opens = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"] == "session_open" && e["user"] == user.name.as_str())
+            .count();
+        reported.push(opens as f64);
+    }
+    report.row(
+        "login overhead",
+        format!("{workers} concurrent clients, none ({reps} runs × {total})"),
+        format!(
+            "{:.1} logins/s (spread {}), {:.0} ms median, p95 {:.0}",
+            median(&rate_without),
+            spread(&rate_without),
+            median(&t_without),
+            pct(&t_without, 95.0)
+        ),
+        "",
+        "-",
+    );
+    let all_reported = reported.iter().all(|r| *r as usize == total);
+    report.row(
+        "login overhead",
+        format!("{workers} concurrent clients, notifier run ({reps} runs × {total})"),
+        format!(
+            "{:.1} logins/s (spread {}), {:.0} ms median, p95 {:.0}; {} of {total} reported per run",
+            median(&rate_with),
+            spread(&rate_with),
+            median(&t_with),
+            pct(&t_with, 95.0),
+            reported.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join("/")
+        ),
+        "every login once",
+        met(all_reported),
+    );
+    if !all_reported {
+        report.notes.push(format!(
+            "Concurrent logins: notifier reported {} session_open events per run for {total} logins.",
+            reported.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+}
+
 const HITS_PER_SESSION: f64 = 8.0;
 
 fn probe_cost(report: &mut Report, runs: usize) {
@@ -932,6 +1019,10 @@ directly with a `pam_permit` service. PAM benchmarks use a private copy of libpa
   `session optional pam_exec.so recipe.sh` (bash: `getent hosts $PAM_RHOST`, an IP comparison, and
   a local \"mail\" command that appends to a file). bpftrace runs a script with uprobes and
   uretprobes on the same seven libpam functions, printing one line per call.
+- **Concurrent logins**: 8 ssh clients at once, each from its own 127.0.90.x address, each doing
+  its logins back to back against one private sshd (`MaxStartups 100`); logins per second and the
+  time of each login, without and with `notifier run` (sshd uses PAM, so both witnesses are
+  active), and how many `session_open` events notifier reported for them.
 - **Probe cost**: first the cost of one probe hit: pam-driver calls `pam_set_item(PAM_RHOST)`
   300,000 times on one handle, without and then with `notifier watch` attached (the median of the
   pairwise differences). A session of pam-driver hits the probes 8 times, so the cost per session
@@ -974,6 +1065,7 @@ fn main() {
     }
     if wanted("login") {
         login_overhead(&mut report, if q { 5 } else { 15 });
+        concurrent_logins(&mut report, 8, if q { 5 } else { 20 }, if q { 1 } else { 3 });
     }
     if wanted("latency") {
         event_latency(&mut report, if q { 1000 } else { 4000 });
