@@ -79,9 +79,9 @@ pub mod kind {
     /// `pam_end` entry; [`crate::EventHeader::item`] holds its `pam_status` argument.
     pub const END: u32 = 50;
 
-    // The sshd witness. In each of these records, `owner_tgid` is the connection's own process
-    // (sshd's per-connection `[priv]` process, forked by the listener) and `session_start_ns` the
-    // time of the `accept()`; both are 0 when the process is not part of a tracked connection.
+    // The sshd witness. Its records come only from tracked connections. In each, `owner_tgid` is
+    // the connection's own process (sshd's per-connection `[priv]` process, forked by the
+    // listener) and `session_start_ns` the time of the `accept()`.
 
     /// An sshd listener forked the process for a connection it accepted. The record comes from the
     /// listener; payload: the peer's `struct sockaddr_in` or `sockaddr_in6`, as `accept()` gave it.

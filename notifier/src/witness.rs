@@ -253,7 +253,7 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
                 match c.held.take() {
                     Some((Held::Pam(e), _)) => {
                         // sshd confirms what PAM reported: wait briefly for the uid.
-                        c.held = Some((Held::Pam(e), h.ts_ns + HOLD_NS / 5));
+                        c.held = Some((Held::Pam(e), h.ts_ns + UID_WAIT_NS));
                     }
                     None | Some((Held::MaybeRoot { .. }, _)) if c.opened.is_none() => {
                         let e = self.sshd_open(owner, h.ts_ns);

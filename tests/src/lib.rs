@@ -57,6 +57,13 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Mounts tracefs on /sys/kernel/tracing unless it is there already (as systemd does at boot).
+pub fn mount_tracefs() {
+    if !Path::new("/sys/kernel/tracing/events").is_dir() {
+        run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]));
+    }
+}
+
 /// A scratch directory, removed on drop.
 pub struct Lab {
     pub dir: PathBuf,

@@ -135,7 +135,11 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
     let offsets = match crate::btf::task_offsets() {
         Ok(o) => Some(o),
         Err(e) => {
-            warn!(error = %e, "Caller identity unavailable: every event will be marked untrusted.");
+            warn!(
+                error = %e,
+                "Caller identity unavailable: every event will be marked untrusted, and the sshd witness \
+                 cannot recognise sshd (PAM still reports logins)."
+            );
             None
         }
     };
@@ -184,13 +188,18 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
     for target in &targets {
         attached.push((target.clone(), attach_target(&mut ebpf, target)?));
     }
-    let sshd = match fork_child_pid {
-        Some(_) => {
-            let found = sshd::find(&want.sshd)?;
-            let sshd = sshd::attach(&mut ebpf, found)?;
+    // The witness is required only when sshd paths were given; by default a failure to attach it
+    // leaves PAM capture running, with a warning.
+    let sshd = match fork_child_pid.map(|_| sshd::find(&want.sshd).and_then(|found| sshd::attach(&mut ebpf, found))) {
+        Some(Ok(sshd)) => {
             sshd::report(&sshd);
             sshd
         }
+        Some(Err(e)) if want.sshd.is_empty() => {
+            warn!(error = %e, "sshd witness off, only PAM sees sshd logins.");
+            sshd::SshdTargets::default()
+        }
+        Some(Err(e)) => return Err(e),
         None => sshd::SshdTargets::default(),
     };
     // Parsing the kernel's BTF and the object allocates tens of MB that are freed by now; hand the

@@ -309,6 +309,9 @@ fn every_system_call_the_daemon_makes_passes_the_units_filter() {
     let deny: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix('~')).flat_map(|l| l.split_whitespace()).collect();
     assert!(!allow.is_empty(), "the unit has an allow list");
     let (allowed, denied) = (syscalls(&allow), syscalls(&deny));
+    // Under systemd, tracefs is mounted before the service starts (the unit wants
+    // sys-kernel-tracing.mount), so the daemon never mounts it itself there.
+    mount_tracefs();
 
     // The daemon's whole life under strace: attach, sessions, an alert to a webhook that fails
     // and one that succeeds, a metrics scrape, a reload, and SIGTERM.
