@@ -91,8 +91,9 @@ pub mod kind {
     pub const SSHD_LOGIN: u32 = 61;
     /// `setresuid(u, u, u)` succeeded in a process that called `setlogin`; `item` is the uid.
     pub const SSHD_UID: u32 = 62;
-    /// A process of a tracked connection exited; `ret` is its exit status as `wait()` reports it
-    /// (`code << 8`, or the signal number), `item` holds its depth and flags ([`crate::sshd_item`]).
+    /// The connection's own process, or its pre-auth child, exited; `ret` is its exit status as
+    /// `wait()` reports it (`code << 8`, or the signal number), `item` holds its depth and flags
+    /// ([`crate::sshd_item`]).
     pub const SSHD_EXIT: u32 = 63;
 }
 

@@ -270,7 +270,9 @@ fn fetch_openssh10() -> Result<()> {
     check(&mut apt(&["update"]))?;
     let pinned: Vec<String> = OPENSSH10_PACKAGES.iter().map(|p| format!("{p}={OPENSSH10_VERSION}")).collect();
     if !succeeds(apt(&[]).arg("download").args(&pinned)) {
-        // A newer backport replaced it: take the suite's current one.
+        // A newer backport replaced it: take the suite's current one (and nothing half-fetched).
+        fs::remove_dir_all(base.join("debs"))?;
+        fs::create_dir_all(base.join("debs"))?;
         let latest: Vec<String> = OPENSSH10_PACKAGES.iter().map(|p| format!("{p}/bookworm-backports")).collect();
         check(apt(&[]).arg("download").args(&latest))?;
     }

@@ -194,7 +194,8 @@ pub fn sshd_exit_setresuid(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A task exits: a tracked process reports its exit status and leaves the map.
+/// A task exits: a tracked process leaves the map; the connection's own process and the pre-auth
+/// child report their exit status.
 #[tracepoint]
 pub fn sshd_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -205,7 +206,8 @@ pub fn sshd_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = SSHD_CONNS.remove(tid);
-    if tid != tgid {
+    // Only two exits mean something: the connection's end, and the pre-auth child's result.
+    if tid != tgid || !(conn.depth == 1 || conn.flags & sshd_flags::FIRST_CHILD != 0) {
         return 0;
     }
     if let Some(mut rec) = conn_record(kind::SSHD_EXIT, &conn) {

@@ -355,7 +355,9 @@ fn login_overhead(report: &mut Report, reps: usize) {
     let mut times: HashMap<&'static str, Vec<f64>> = HashMap::new();
     let mut block_medians: HashMap<&'static str, Vec<f64>> = HashMap::new();
     let order = [Tracer::None, Tracer::Notifier, Tracer::PamExec, Tracer::Bpftrace];
-    let blocks: Vec<Tracer> = order.iter().chain(order.iter().rev()).copied().collect();
+    // ABCD DCBA ABCD DCBA: each condition in four blocks, early and late, so drift cancels.
+    let blocks: Vec<Tracer> =
+        order.iter().chain(order.iter().rev()).chain(&order).chain(order.iter().rev()).copied().collect();
     for tracer in blocks {
         if tracer == Tracer::Bpftrace && !bpftrace {
             continue;
@@ -1035,7 +1037,7 @@ directly with a `pam_permit` service. PAM benchmarks use a private copy of libpa
 
 - **Login overhead**: wall time of `ssh -b 127.0.0.1 user@127.0.0.1 true` with an ed25519 key
   and curve25519 key exchange, in blocks of logins per condition, in the order none, notifier,
-  pam_exec, bpftrace, then the reverse. The private sshd runs through a symlink, so it uses its own
+  pam_exec, bpftrace, then the reverse, twice (four blocks per condition). The private sshd runs through a symlink, so it uses its own
   PAM service file: a copy of `/etc/pam.d/sshd`, plus, for the recipe,
   `session optional pam_exec.so recipe.sh` (bash: `getent hosts $PAM_RHOST`, an IP comparison, and
   a local \"mail\" command that appends to a file). bpftrace runs a script with uprobes and
@@ -1086,7 +1088,7 @@ fn main() {
         witness_cost(&mut report, if q { 3 } else { 7 });
     }
     if wanted("login") {
-        login_overhead(&mut report, if q { 5 } else { 15 });
+        login_overhead(&mut report, if q { 5 } else { 12 });
         concurrent_logins(&mut report, 8, if q { 5 } else { 20 }, if q { 1 } else { 3 });
     }
     if wanted("latency") {
