@@ -32,8 +32,8 @@ pub mod names {
     /// the loader. Only processes running one of them have their `accept()` peers read; userspace
     /// checks the device too before it trusts a connection (see `SSHD_CONNECT`).
     pub const SSHD_BINS: &str = "SSHD_BINS";
-    /// LRU hash: listener tgid -> [`crate::SshdAccepted`], the peer of its latest `accept()`,
-    /// taken by the listener's next fork.
+    /// LRU hash: listener tgid -> [`crate::SshdAccepted`], its latest `accept()`, taken by the
+    /// listener's next fork, which reads the peer from the buffer.
     pub const SSHD_ACCEPTED: &str = "SSHD_ACCEPTED";
     /// LRU hash: tgid -> [`crate::SshdConn`], every process of a live sshd connection.
     pub const SSHD_CONNS: &str = "SSHD_CONNS";
@@ -84,7 +84,8 @@ pub mod kind {
     // listener) and `session_start_ns` the time of the `accept()`.
 
     /// An sshd listener forked the process for a connection it accepted. The record comes from the
-    /// listener; payload: the peer's `struct sockaddr_in` or `sockaddr_in6`, as `accept()` gave it.
+    /// listener; payload: the peer's `struct sockaddr_in` or `sockaddr_in6`, from `accept()`'s
+    /// buffer.
     pub const SSHD_CONNECT: u32 = 60;
     /// sshd called `setlogin(name)`: a user logged in. [`crate::EventHeader::item`] holds the
     /// caller's [`crate::SshdConn`] depth and flags ([`crate::sshd_item`]); payload: the name.
@@ -240,10 +241,6 @@ pub mod func {
     pub const AUTHENTICATE: u32 = 2;
     pub const OPEN_SESSION: u32 = 3;
     pub const CLOSE_SESSION: u32 = 4;
-    /// The `accept`/`accept4` system call of an sshd listener.
-    pub const ACCEPT: u32 = 5;
-    /// `setresuid` in a process that called `setlogin`.
-    pub const SETRESUID: u32 = 6;
 }
 
 /// Key of the entry->return map: one thread, one function.
@@ -307,15 +304,14 @@ impl TaskOffsets {
     }
 }
 
-/// The peer of an sshd listener's latest `accept()`.
+/// An sshd listener's latest `accept()`: when, and the user buffer that receives the peer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SshdAccepted {
     pub ts_ns: u64,
-    pub addr: [u8; SOCKADDR_LEN],
-    pub _pad: u32,
+    pub buffer: u64,
 }
-const _: () = assert!(size_of::<SshdAccepted>() == 40);
+const _: () = assert!(size_of::<SshdAccepted>() == 16);
 
 /// What the kernel remembers about a process of a tracked sshd connection.
 #[repr(C)]

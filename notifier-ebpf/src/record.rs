@@ -288,23 +288,20 @@ pub fn save_inflight(func: u32, args: Inflight) {
     }
 }
 
-/// Takes the arguments saved at entry by this thread for `func`; a missing entry is a loss.
+/// Takes the arguments saved at entry by this thread for `func`.
 #[inline(always)]
 pub fn take_inflight(func: u32) -> Option<Inflight> {
-    let args = take_inflight_if_any(func);
-    if args.is_none() {
-        count_lost(lost::NO_ENTRY);
-    }
-    args
-}
-
-/// Takes the arguments saved at entry by this thread for `func`, if its entry probe saved any (a
-/// system call's exit tracepoint fires for every process, and most were filtered out at entry).
-#[inline(always)]
-pub fn take_inflight_if_any(func: u32) -> Option<Inflight> {
     let key = InflightKey { pid_tgid: bpf_get_current_pid_tgid(), func, _pad: 0 };
     // SAFETY: the value is copied out before the entry is removed.
-    let args = unsafe { INFLIGHT.get(key) }.copied()?;
-    let _ = INFLIGHT.remove(key);
-    Some(args)
+    let args = unsafe { INFLIGHT.get(key) }.copied();
+    match args {
+        Some(args) => {
+            let _ = INFLIGHT.remove(key);
+            Some(args)
+        }
+        None => {
+            count_lost(lost::NO_ENTRY);
+            None
+        }
+    }
 }

@@ -1,75 +1,56 @@
 //! The sshd witness: sees sshd logins whether or not sshd uses PAM, with uprobes and tracepoints
 //! only (no kprobes). The signals, measured on OpenSSH 9.2 and 10.0:
-//! - `accept()` in a process running an sshd binary (the listener) gives the peer address; the
-//!   listener's next fork carries it to the connection's own process (`[priv]`, depth 1), and each
-//!   fork below it to the children (depth 2): the pre-auth child (the first) and the post-auth one;
+//! - `accept()` in a process running an sshd binary (the listener) names the buffer that receives
+//!   the peer address; at the listener's next fork, which hands that connection to a new process,
+//!   the buffer holds the peer. The fork carries it to the connection's own process (`[priv]`,
+//!   depth 1), and each fork below it to the children (depth 2): the pre-auth child (the first)
+//!   and the post-auth one;
 //! - the uprobe on sshd's exported `setlogin(name)` marks a successful login, with the user;
 //! - `setresuid(u, u, u)` in a process that called `setlogin` gives the uid;
-//! - the exit status of every tracked process: the pre-auth child's (0 or 255) is the result of
-//!   authentication, the connection process's marks the end of the connection.
+//! - the exit status of the connection's own process (the end of the connection) and of the
+//!   pre-auth child (0 or 255: the result of authentication).
+//!
+//! `accept`, `accept4` and `setresuid` are probed as libc functions (uprobes on the libc sshd
+//! maps), not as system call tracepoints: enabling any `syscalls:` tracepoint sends every system
+//! call of every process through the kernel's tracing slow path (measured: +70 ns on each
+//! `getppid()`), while a uprobe costs only the calls of that one function.
 //!
 //! Maps: `SSHD_BINS` (set by the loader) says which executables are sshd; `SSHD_ACCEPTED` holds a
-//! listener's latest peer until it forks; `SSHD_CONNS` holds every tracked process, removed at exit.
+//! listener's latest `accept()` buffer until it forks; `SSHD_CONNS` holds every tracked process,
+//! removed at exit.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{tracepoint, uprobe},
     programs::{ProbeContext, TracePointContext},
 };
-use notifier_common::{
-    func, kind, lost, sshd_flags, sshd_item, Inflight, SshdAccepted, SshdConn, SOCKADDR_LEN, SSHD_MAX_DEPTH,
-};
+use notifier_common::{kind, lost, sshd_flags, sshd_item, SshdAccepted, SshdConn, SOCKADDR_LEN, SSHD_MAX_DEPTH};
 
-use crate::record::{
-    count_lost, exit_code, running_sshd, save_inflight, take_inflight_if_any, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS,
-};
-
-/// Offsets in the `syscalls:sys_enter_*`/`sys_exit_*` records: the arguments start at 16, 8 bytes
-/// each; the return value is at 16.
-const SYSCALL_ARG0: usize = 16;
-const SYSCALL_RET: usize = 16;
+use crate::record::{count_lost, exit_code, running_sshd, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS};
 
 /// Offset of `child_pid` in `sched:sched_process_fork` records. It moved when the comm fields
 /// became `__data_loc` (44 before, 20 on 6.18), so the loader reads it from the event's format.
 #[unsafe(no_mangle)]
 static FORK_CHILD_PID: u32 = 20;
 
-/// Reads an 8-byte field of a tracepoint record.
+/// Argument `n` as a raw 64-bit value, 0 if it cannot be read.
 #[inline(always)]
-fn field(ctx: &TracePointContext, offset: usize) -> u64 {
-    // SAFETY: read_at uses bpf_probe_read_kernel, which fails instead of faulting.
-    unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-/// `accept(fd, addr, addrlen)` and `accept4(fd, addr, addrlen, flags)` entry: an sshd listener's
-/// buffer for the peer address is saved until the call returns.
-#[tracepoint]
-pub fn sshd_enter_accept(ctx: TracePointContext) -> u32 {
-    let addr = field(&ctx, SYSCALL_ARG0 + 8);
+// int accept(int fd, struct sockaddr *addr, socklen_t *addrlen), and accept4 with flags: in an
+// sshd listener, the address buffer is remembered for its next fork.
+#[uprobe]
+pub fn sshd_accept(ctx: ProbeContext) -> u32 {
+    let addr = arg(&ctx, 1);
     if addr == 0 || !running_sshd() {
         return 0;
     }
-    save_inflight(func::ACCEPT, Inflight { a: addr, b: 0, c: 0 });
-    0
-}
-
-/// `accept`/`accept4` exit: the peer address, kept for the listener's next fork.
-#[tracepoint]
-pub fn sshd_exit_accept(ctx: TracePointContext) -> u32 {
-    let Some(args) = take_inflight_if_any(func::ACCEPT) else {
-        return 0;
-    };
-    if (field(&ctx, SYSCALL_RET) as i64) < 0 {
-        return 0;
-    }
-    // SAFETY: bpf_probe_read_user fails instead of faulting.
-    let Ok(addr) = (unsafe { bpf_probe_read_user(args.a as *const [u8; SOCKADDR_LEN]) }) else {
-        count_lost(lost::READ_FAILED);
-        return 0;
-    };
     // SAFETY: helper without preconditions.
     let ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
-    let _ = SSHD_ACCEPTED.insert(tgid(), SshdAccepted { ts_ns, addr, _pad: 0 }, 0);
+    let accepted = SshdAccepted { ts_ns, buffer: addr };
+    let _ = SSHD_ACCEPTED.insert(tgid(), accepted, 0);
     0
 }
 
@@ -88,6 +69,12 @@ pub fn sshd_fork(ctx: TracePointContext) -> u32 {
     // SAFETY: the value is copied out at once.
     if let Some(accepted) = unsafe { SSHD_ACCEPTED.get(parent) }.copied() {
         let _ = SSHD_ACCEPTED.remove(parent);
+        // The fork runs in the listener: its accept() buffer now holds the peer it accepted.
+        // SAFETY: bpf_probe_read_user fails instead of faulting.
+        let Ok(addr) = (unsafe { bpf_probe_read_user(accepted.buffer as *const [u8; SOCKADDR_LEN]) }) else {
+            count_lost(lost::READ_FAILED);
+            return 0;
+        };
         let conn = SshdConn { conn_ns: accepted.ts_ns, owner_tgid: child, depth: 1, flags: 0 };
         if SSHD_CONNS.insert(child, conn, 0).is_err() {
             count_lost(lost::HANDLES_FULL);
@@ -96,7 +83,7 @@ pub fn sshd_fork(ctx: TracePointContext) -> u32 {
             let h = rec.header();
             h.owner_tgid = child;
             h.session_start_ns = accepted.ts_ns;
-            rec.set_payload(&accepted.addr);
+            rec.set_payload(&addr);
             rec.emit();
         }
         return 0;
@@ -158,9 +145,10 @@ pub fn sshd_setlogin(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `setresuid(r, e, s)` entry in a process that called `setlogin`: the uid, when all three agree.
-#[tracepoint]
-pub fn sshd_enter_setresuid(ctx: TracePointContext) -> u32 {
+// int setresuid(uid_t ruid, uid_t euid, uid_t suid), in a process that called setlogin: the uid,
+// when all three agree. sshd treats a failure here as fatal, so the login does not go on.
+#[uprobe]
+pub fn sshd_setresuid(ctx: ProbeContext) -> u32 {
     // SAFETY: the value is copied out at once.
     let Some(conn) = (unsafe { SSHD_CONNS.get(tgid()) }).copied() else {
         return 0;
@@ -168,27 +156,12 @@ pub fn sshd_enter_setresuid(ctx: TracePointContext) -> u32 {
     if conn.flags & sshd_flags::LOGGED_IN == 0 {
         return 0;
     }
-    let (r, e, s) = (field(&ctx, SYSCALL_ARG0), field(&ctx, SYSCALL_ARG0 + 8), field(&ctx, SYSCALL_ARG0 + 16));
-    if r as u32 == e as u32 && e as u32 == s as u32 {
-        save_inflight(func::SETRESUID, Inflight { a: r, b: 0, c: 0 });
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sshd_exit_setresuid(ctx: TracePointContext) -> u32 {
-    let Some(args) = take_inflight_if_any(func::SETRESUID) else {
-        return 0;
-    };
-    if field(&ctx, SYSCALL_RET) != 0 {
+    let (r, e, s) = (arg(&ctx, 0) as u32, arg(&ctx, 1) as u32, arg(&ctx, 2) as u32);
+    if r != e || e != s {
         return 0;
     }
-    // SAFETY: the value is copied out at once.
-    let Some(conn) = (unsafe { SSHD_CONNS.get(tgid()) }).copied() else {
-        return 0;
-    };
     if let Some(mut rec) = conn_record(kind::SSHD_UID, &conn) {
-        rec.header().item = args.a as u32;
+        rec.header().item = r;
         rec.emit();
     }
     0

@@ -415,7 +415,7 @@ fn check_given(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 pub fn find_libpam() -> Result<Vec<PathBuf>, LoadError> {
     let mut candidates: Vec<PathBuf> = ldconfig_libpam();
     candidates.extend(STANDARD_PATHS.iter().map(PathBuf::from));
-    candidates.extend(sshd_mapped_libpam());
+    candidates.extend(sshd_mapped("/libpam.so"));
     let found: Vec<PathBuf> = candidates.into_iter().filter(|p| check_elf(p).is_ok()).collect();
     if found.is_empty() {
         return Err(LoadError::LibpamNotFound { searched: STANDARD_PATHS.join(", ") });
@@ -462,24 +462,30 @@ fn check_elf(path: &Path) -> Result<(), String> {
 }
 
 fn ldconfig_libpam() -> Vec<PathBuf> {
+    ldconfig("libpam.so.0")
+}
+
+/// The paths of the library `soname` in the ldconfig cache.
+fn ldconfig(soname: &str) -> Vec<PathBuf> {
     let output = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
         .iter()
         .find_map(|ldconfig| Command::new(ldconfig).arg("-p").output().ok());
     let Some(output) = output else { return Vec::new() };
-    parse_ldconfig(&String::from_utf8_lossy(&output.stdout))
+    parse_ldconfig(&String::from_utf8_lossy(&output.stdout), soname)
 }
 
-/// The libpam.so.0 paths in `ldconfig -p` output.
-fn parse_ldconfig(text: &str) -> Vec<PathBuf> {
+/// The paths of `soname` in `ldconfig -p` output.
+fn parse_ldconfig(text: &str, soname: &str) -> Vec<PathBuf> {
     text.lines()
-        .filter(|l| l.trim_start().starts_with("libpam.so.0 "))
+        .filter(|l| l.trim_start().strip_prefix(soname).is_some_and(|rest| rest.starts_with(' ')))
         .filter_map(|l| l.split_once("=>").map(|(_, p)| PathBuf::from(p.trim())))
         .collect()
 }
 
-/// The libpam files mapped by running sshd processes, reached through the process's root so that
-/// an sshd in another mount namespace (a container) is covered too.
-fn sshd_mapped_libpam() -> Vec<PathBuf> {
+/// The files whose path contains `fragment` (`/libpam.so`, `/libc.so`) mapped by running sshd
+/// processes, reached through the process's root so that an sshd in another mount namespace (a
+/// container) is covered too.
+fn sshd_mapped(fragment: &str) -> Vec<PathBuf> {
     let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
     let mut found = Vec::new();
     for entry in dir.flatten() {
@@ -491,7 +497,7 @@ fn sshd_mapped_libpam() -> Vec<PathBuf> {
         }
         let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
         for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
-            if path.contains("/libpam.so") {
+            if path.contains(fragment) {
                 found.push(PathBuf::from(format!("/proc/{pid}/root{path}")));
             }
         }
@@ -509,7 +515,7 @@ mod tests {
             \tlibpamc.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpamc.so.0\n\
             \tlibpam_misc.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpam_misc.so.0\n\
             \tlibpam.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpam.so.0\n";
-        assert_eq!(parse_ldconfig(text), vec![PathBuf::from("/lib/x86_64-linux-gnu/libpam.so.0")]);
+        assert_eq!(parse_ldconfig(text, "libpam.so.0"), vec![PathBuf::from("/lib/x86_64-linux-gnu/libpam.so.0")]);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The sshd witness's part of loading: finding the sshd binaries, telling the probes which they
-//! are, and attaching the `setlogin` uprobes and the tracepoints.
+//! are, and attaching the `setlogin` uprobes, the libc uprobes and the two scheduler tracepoints.
 //!
 //! sshd binaries are found, in order, at the paths given with `--sshd`, or else through the
-//! running listeners (their executable, and the `sshd-session`/`sshd-auth` beside it) and the
-//! standard paths. `setlogin` is probed in `sshd` (up to OpenSSH 9.7) and `sshd-session` (9.8 and
-//! later); `sshd-auth` (10.0) is only registered, so that its exit is recognised.
+//! standard paths and the running sshd processes (their executable, and the `sshd-session` and
+//! `sshd-auth` beside it). `setlogin` is probed in `sshd` (up to OpenSSH 9.7) and `sshd-session`
+//! (9.8 and later); `sshd-auth` (10.0) is only registered. `accept`, `accept4` and `setresuid` are
+//! probed in every distinct libc: the ldconfig cache's, the standard paths', and the ones running
+//! sshd processes map (a containerised sshd has its own).
 
 use std::{
     collections::HashSet,
@@ -43,16 +45,24 @@ const STANDARD_PATHS: &[&str] = &[
 const HELPER_DIRS: &[&str] = &["lib/openssh", "libexec/openssh", "libexec", "lib/ssh"];
 const HELPERS: &[&str] = &["sshd-session", "sshd-auth"];
 
-/// The tracepoints of the witness: (program, category, event).
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sshd_enter_accept", "syscalls", "sys_enter_accept"),
-    ("sshd_enter_accept", "syscalls", "sys_enter_accept4"),
-    ("sshd_exit_accept", "syscalls", "sys_exit_accept"),
-    ("sshd_exit_accept", "syscalls", "sys_exit_accept4"),
-    ("sshd_enter_setresuid", "syscalls", "sys_enter_setresuid"),
-    ("sshd_exit_setresuid", "syscalls", "sys_exit_setresuid"),
-    ("sshd_fork", "sched", "sched_process_fork"),
-    ("sshd_exit", "sched", "sched_process_exit"),
+/// The tracepoints of the witness: (program, category, event). Scheduler tracepoints only: a
+/// `syscalls:` tracepoint would slow every system call on the host (see the probes' module).
+const TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("sshd_fork", "sched", "sched_process_fork"), ("sshd_exit", "sched", "sched_process_exit")];
+
+/// The libc functions probed: (program, symbol).
+const LIBC_PROBES: &[(&str, &str)] =
+    &[("sshd_accept", "accept"), ("sshd_accept", "accept4"), ("sshd_setresuid", "setresuid")];
+
+/// Standard places for glibc.
+const LIBC_PATHS: &[&str] = &[
+    "/lib/x86_64-linux-gnu/libc.so.6",
+    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+    "/lib/aarch64-linux-gnu/libc.so.6",
+    "/usr/lib/aarch64-linux-gnu/libc.so.6",
+    "/usr/lib64/libc.so.6",
+    "/lib64/libc.so.6",
+    "/usr/lib/libc.so.6",
 ];
 
 const SETLOGIN: &str = "sshd_setlogin";
@@ -66,6 +76,16 @@ pub struct SshdTargets {
     pub ids: HashSet<(u64, u64)>,
     /// The binaries `setlogin` is probed in.
     pub probed: Vec<PathBuf>,
+    /// The libc files `accept`, `accept4` and `setresuid` are probed in.
+    pub libc: Vec<PathBuf>,
+}
+
+/// Every distinct libc that sshd may use.
+fn find_libc() -> Vec<PathBuf> {
+    let mut candidates = super::ldconfig("libc.so.6");
+    candidates.extend(LIBC_PATHS.iter().map(PathBuf::from));
+    candidates.extend(super::sshd_mapped("/libc.so"));
+    super::dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok()))
 }
 
 /// Finds the sshd binaries: the given paths (each must be an ELF file), or every one on the host.
@@ -147,12 +167,23 @@ pub fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>) -> Result<SshdTargets, Lo
             reason: format!("{e}"),
         })?;
     }
-    let setlogin: &mut UProbe = ebpf
-        .program_mut(SETLOGIN)
-        .ok_or_else(|| program_error(SETLOGIN, "not in the object"))?
-        .try_into()
-        .map_err(|e| program_error(SETLOGIN, e))?;
-    setlogin.load().map_err(|e| program_error(SETLOGIN, format!("{e:#}")))?;
+    let libcs = find_libc();
+    if libcs.is_empty() {
+        return Err(program_error("sshd_accept", "no libc.so.6 found to probe accept() in"));
+    }
+    for (program, symbol) in LIBC_PROBES {
+        let probe = uprobe(ebpf, program)?;
+        for libc in &libcs {
+            probe.attach(*symbol, libc, UProbeScope::AllProcesses).map_err(|e| LoadError::Attach {
+                program,
+                symbol,
+                path: libc.display().to_string(),
+                reason: format!("{e}"),
+            })?;
+        }
+    }
+    targets.libc = libcs;
+    let setlogin = uprobe(ebpf, SETLOGIN)?;
     for path in &binaries {
         if path.file_name().is_some_and(|n| n == "sshd-auth") {
             continue; // Pre-auth only: a setlogin there would not be a login.
@@ -164,6 +195,19 @@ pub fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>) -> Result<SshdTargets, Lo
     }
     targets.binaries = binaries;
     Ok(targets)
+}
+
+/// The uprobe program `name`, loaded.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {
+    let probe: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or_else(|| program_error(name, "not in the object"))?
+        .try_into()
+        .map_err(|e| program_error(name, e))?;
+    if probe.fd().is_err() {
+        probe.load().map_err(|e| program_error(name, format!("{e:#}")))?;
+    }
+    Ok(probe)
 }
 
 fn program_error(program: &'static str, reason: impl std::fmt::Display) -> LoadError {
@@ -212,6 +256,7 @@ pub fn report(targets: &SshdTargets) {
     } else {
         info!(
             sshd = %targets.probed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
+            libc = %targets.libc.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
             "sshd witness attached."
         );
     }
