@@ -232,13 +232,10 @@ impl<P: ProcessLookup> Assembler<P> {
     }
 
     fn session_id(&self, key: &SessionKey) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.ctx.boot_id.as_bytes());
-        hasher.update(key.owner_tgid.to_le_bytes());
-        hasher.update(key.handle.to_le_bytes());
-        hasher.update(key.start_ns.to_le_bytes());
-        let digest = hasher.finalize();
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        short_id(
+            &self.ctx.boot_id,
+            &[&key.owner_tgid.to_le_bytes(), &key.handle.to_le_bytes(), &key.start_ns.to_le_bytes()],
+        )
     }
 
     fn make_room(&mut self) {
@@ -250,6 +247,17 @@ impl<P: ProcessLookup> Assembler<P> {
             self.evicted += 1;
         }
     }
+}
+
+/// An event id: 16 hex digits of the SHA-256 of this boot's id and `parts`, so that ids are stable
+/// within a session and unique across reboots.
+pub fn short_id(boot_id: &str, parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(boot_id.as_bytes());
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A `session_close` is due if the session opened (or its start was never seen, so it may have

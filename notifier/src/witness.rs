@@ -25,8 +25,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sha2::{Digest as _, Sha256};
-
 use crate::{
     event::{bytes_to_text, EventKind, LoginEvent},
     peer::Peer,
@@ -269,7 +267,7 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
                 }
                 // An sshd-only login on a connection that uses PAM waits for PAM's open (or
                 // its deadline) even once the uid is known: only then is PAM's absence certain.
-                let uses_pam = c.pam_seen || self.pam_listeners.contains(&c.listener);
+                let uses_pam = uses_pam(c, &self.pam_listeners);
                 let due = match c.held {
                     Some((Held::Pam(_), _)) => true,
                     Some((Held::Sshd { .. }, _)) => !uses_pam,
@@ -326,12 +324,10 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
         }
         self.make_room();
         let owner = h.owner_tgid;
-        let mut hasher = Sha256::new();
-        hasher.update(self.ctx.boot_id.as_bytes());
-        hasher.update(b"sshd");
-        hasher.update(owner.to_le_bytes());
-        hasher.update(h.session_start_ns.to_le_bytes());
-        let id = hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let id = crate::session::short_id(
+            &self.ctx.boot_id,
+            &[b"sshd", &owner.to_le_bytes(), &h.session_start_ns.to_le_bytes()],
+        );
         let conn = Conn {
             conn_ns: h.session_start_ns,
             listener,
@@ -368,15 +364,10 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
                 c.opened = Some(e.witnesses.clone());
                 out.push(*e);
             }
-            Held::Sshd { event: mut e, ts_ns: e_ns } => {
+            Held::Sshd { event: mut e, ts_ns } => {
                 e.uid = c.uid;
-                if c.pam_seen || self.pam_listeners.contains(&c.listener) {
-                    e.missed_by = vec![PAM];
-                }
-                c.opened = Some(vec![SSHD]);
-                c.sshd_opened_ns = Some(e_ns);
-                c.sshd_user.clone_from(&e.user);
-                out.push(*e);
+                let uses_pam = uses_pam(c, &self.pam_listeners);
+                out.push(sshd_opened(c, *e, ts_ns, uses_pam));
             }
             Held::MaybeRoot { ts_ns } => {
                 if c.opened.is_some() || c.login.is_some() {
@@ -386,16 +377,11 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
                 let c = self.conns.get_mut(&owner).expect("present");
                 e.user = Some("root".into());
                 e.uid = Some(0);
-                if c.pam_seen || self.pam_listeners.contains(&c.listener) {
-                    e.missed_by = vec![PAM];
-                }
-                c.opened = Some(vec![SSHD]);
-                c.sshd_opened_ns = Some(ts_ns);
-                c.sshd_user.clone_from(&e.user);
                 if c.uid.is_none() {
                     c.uid = Some(0);
                 }
-                out.push(e);
+                let uses_pam = uses_pam(c, &self.pam_listeners);
+                out.push(sshd_opened(c, e, ts_ns, uses_pam));
             }
         }
     }
@@ -455,6 +441,24 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
             self.evicted += 1;
         }
     }
+}
+
+/// The connection (or its listener, for earlier connections) used PAM: a login PAM then does not
+/// report was missed by it.
+fn uses_pam(c: &Conn, pam_listeners: &HashSet<u32>) -> bool {
+    c.pam_seen || pam_listeners.contains(&c.listener)
+}
+
+/// Records on the connection that its `session_open` is the sshd witness's own (at `ts_ns`), and
+/// returns the event, marked as missed by PAM when the connection uses PAM.
+fn sshd_opened(c: &mut Conn, mut e: LoginEvent, ts_ns: u64, uses_pam: bool) -> LoginEvent {
+    if uses_pam {
+        e.missed_by = vec![PAM];
+    }
+    c.opened = Some(vec![SSHD]);
+    c.sshd_opened_ns = Some(ts_ns);
+    c.sshd_user.clone_from(&e.user);
+    e
 }
 
 /// The PAM session assembler and the sshd witness together: records in, login events out.

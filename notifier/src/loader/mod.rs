@@ -129,7 +129,9 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
         return Err(LoadError::NoUprobes);
     }
     let begin = std::time::Instant::now();
-    let targets = if libpam.is_empty() { find_libpam()? } else { check_given(libpam)? };
+    // Running sshd processes tell where libpam, sshd and libc are; /proc is walked once for all.
+    let sshd_procs = sshd_processes();
+    let targets = if libpam.is_empty() { find_libpam(&sshd_procs)? } else { check_given(libpam)? };
     let found = begin.elapsed();
 
     let offsets = match crate::btf::task_offsets() {
@@ -178,10 +180,7 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
         })?;
 
     for spec in PROBES {
-        let program = uprobe(&mut ebpf, spec.program)?;
-        if program.fd().is_err() {
-            program.load().map_err(|e| LoadError::Program { program: spec.program, reason: format!("{e:#}") })?;
-        }
+        loaded_uprobe(&mut ebpf, spec.program)?;
     }
     let loaded = begin.elapsed();
     let mut attached = Vec::new();
@@ -190,7 +189,9 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
     }
     // The witness is required only when sshd paths were given; by default a failure to attach it
     // leaves PAM capture running, with a warning.
-    let sshd = match fork_child_pid.map(|_| sshd::find(&want.sshd).and_then(|found| sshd::attach(&mut ebpf, found))) {
+    let sshd = match fork_child_pid
+        .map(|_| sshd::find(&want.sshd, &sshd_procs).and_then(|found| sshd::attach(&mut ebpf, found, &sshd_procs)))
+    {
         Some(Ok(sshd)) => {
             sshd::report(&sshd);
             sshd
@@ -226,6 +227,15 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, 
         .ok_or_else(|| LoadError::Program { program: name, reason: "not in the object".into() })?
         .try_into()
         .map_err(|e| LoadError::Program { program: name, reason: format!("{e}") })
+}
+
+/// The uprobe program `name`, loaded into the kernel (once; a program can then attach many times).
+fn loaded_uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {
+    let program = uprobe(ebpf, name)?;
+    if program.fd().is_err() {
+        program.load().map_err(|e| LoadError::Program { program: name, reason: format!("{e:#}") })?;
+    }
+    Ok(program)
 }
 
 /// Attaches every (loaded) probe to one libpam file; returns how many were attached.
@@ -412,10 +422,10 @@ fn check_given(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 /// Finds every distinct libpam on the host.
-pub fn find_libpam() -> Result<Vec<PathBuf>, LoadError> {
-    let mut candidates: Vec<PathBuf> = ldconfig_libpam();
+fn find_libpam(sshd_procs: &[SshdProcess]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut candidates: Vec<PathBuf> = ldconfig("libpam.so.0");
     candidates.extend(STANDARD_PATHS.iter().map(PathBuf::from));
-    candidates.extend(sshd_mapped("/libpam.so"));
+    candidates.extend(sshd_mapped(sshd_procs, "/libpam.so"));
     let found: Vec<PathBuf> = candidates.into_iter().filter(|p| check_elf(p).is_ok()).collect();
     if found.is_empty() {
         return Err(LoadError::LibpamNotFound { searched: STANDARD_PATHS.join(", ") });
@@ -461,10 +471,6 @@ fn check_elf(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn ldconfig_libpam() -> Vec<PathBuf> {
-    ldconfig("libpam.so.0")
-}
-
 /// The paths of the library `soname` in the ldconfig cache.
 fn ldconfig(soname: &str) -> Vec<PathBuf> {
     let output = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
@@ -482,23 +488,39 @@ fn parse_ldconfig(text: &str, soname: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The files whose path contains `fragment` (`/libpam.so`, `/libc.so`) mapped by running sshd
-/// processes, reached through the process's root so that an sshd in another mount namespace (a
-/// container) is covered too.
-fn sshd_mapped(fragment: &str) -> Vec<PathBuf> {
+/// A running process whose command name starts with `sshd` (sshd, sshd-session, sshd-auth, or an
+/// sshd started through a symlink of another name).
+pub(crate) struct SshdProcess {
+    pub pid: String,
+    pub comm: String,
+}
+
+/// The running sshd processes, from one walk of /proc.
+fn sshd_processes() -> Vec<SshdProcess> {
     let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
     let mut found = Vec::new();
     for entry in dir.flatten() {
         let pid = entry.file_name();
         let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if !matches!(comm.trim(), "sshd" | "sshd-session") {
-            continue;
+        let comm = comm.trim();
+        if comm.starts_with("sshd") {
+            found.push(SshdProcess { pid: pid.to_string(), comm: comm.to_string() });
         }
-        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    }
+    found
+}
+
+/// The files whose path contains `fragment` (`/libpam.so`, `/libc.so`) mapped by running `sshd`
+/// and `sshd-session` processes, reached through the process's root so that an sshd in another
+/// mount namespace (a container) is covered too.
+fn sshd_mapped(procs: &[SshdProcess], fragment: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for p in procs.iter().filter(|p| matches!(p.comm.as_str(), "sshd" | "sshd-session")) {
+        let maps = fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap_or_default();
         for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
             if path.contains(fragment) {
-                found.push(PathBuf::from(format!("/proc/{pid}/root{path}")));
+                found.push(PathBuf::from(format!("/proc/{}/root{path}", p.pid)));
             }
         }
     }

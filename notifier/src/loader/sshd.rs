@@ -17,13 +17,13 @@ use std::{
 
 use aya::{
     maps::HashMap,
-    programs::{uprobe::UProbeScope, TracePoint, UProbe},
+    programs::{uprobe::UProbeScope, TracePoint},
     Ebpf,
 };
 use notifier_common::names;
 use tracing::{debug, info, warn};
 
-use super::{check_elf, LoadError};
+use super::{check_elf, loaded_uprobe, LoadError, SshdProcess};
 
 /// Standard places for sshd and its helpers.
 const STANDARD_PATHS: &[&str] = &[
@@ -81,15 +81,15 @@ pub struct SshdTargets {
 }
 
 /// Every distinct libc that sshd may use.
-fn find_libc() -> Vec<PathBuf> {
+fn find_libc(procs: &[SshdProcess]) -> Vec<PathBuf> {
     let mut candidates = super::ldconfig("libc.so.6");
     candidates.extend(LIBC_PATHS.iter().map(PathBuf::from));
-    candidates.extend(super::sshd_mapped("/libc.so"));
+    candidates.extend(super::sshd_mapped(procs, "/libc.so"));
     super::dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok()))
 }
 
 /// Finds the sshd binaries: the given paths (each must be an ELF file), or every one on the host.
-pub fn find(given: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+pub(crate) fn find(given: &[PathBuf], procs: &[SshdProcess]) -> Result<Vec<PathBuf>, LoadError> {
     if !given.is_empty() {
         for p in given {
             if let Err(reason) = check_elf(p) {
@@ -98,37 +98,27 @@ pub fn find(given: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
         }
         return Ok(super::dedupe(given.iter().cloned()));
     }
-    let running = running_listeners();
+    let running = running_executables(procs);
     let mut candidates: Vec<PathBuf> = STANDARD_PATHS.iter().map(PathBuf::from).collect();
     candidates.extend(running.iter().flat_map(|exe| helpers_beside(exe)));
     candidates.extend(running);
     Ok(super::dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok())))
 }
 
-/// The executables of running sshd listeners (and of sshd processes in general), through each
-/// process's root, so that an sshd in a container is found too.
-fn running_listeners() -> Vec<PathBuf> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+/// The executables of running sshd processes: the plain path for a process that shares our root,
+/// or through its root for one in a container.
+fn running_executables(procs: &[SshdProcess]) -> Vec<PathBuf> {
     let root_id = |path: &str| fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     let own_root = root_id("/proc/self/root");
     let mut found = Vec::new();
-    for entry in dir.flatten() {
-        let pid = entry.file_name();
-        let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if !comm.trim().starts_with("sshd") {
-            continue;
-        }
-        if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
-            // A process that shares our root gets its plain path; one in a container is reached
-            // through its root.
-            let root = format!("/proc/{pid}/root");
-            if own_root.is_some() && root_id(&root) == own_root {
-                found.push(exe);
-            } else {
-                let exe = exe.strip_prefix("/").map(Path::to_path_buf).unwrap_or(exe);
-                found.push(PathBuf::from(root).join(exe));
-            }
+    for p in procs {
+        let Ok(exe) = fs::read_link(format!("/proc/{}/exe", p.pid)) else { continue };
+        let root = format!("/proc/{}/root", p.pid);
+        if own_root.is_some() && root_id(&root) == own_root {
+            found.push(exe);
+        } else {
+            let exe = exe.strip_prefix("/").map(Path::to_path_buf).unwrap_or(exe);
+            found.push(PathBuf::from(root).join(exe));
         }
     }
     found
@@ -141,7 +131,7 @@ fn helpers_beside(sshd: &Path) -> Vec<PathBuf> {
 }
 
 /// Registers `binaries` with the probes and attaches the witness. Returns what is watched.
-pub fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>) -> Result<SshdTargets, LoadError> {
+pub(crate) fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>, procs: &[SshdProcess]) -> Result<SshdTargets, LoadError> {
     let mut targets = SshdTargets::default();
     {
         let map = ebpf.map_mut(names::SSHD_BINS).ok_or_else(|| program_error(names::SSHD_BINS, "map missing"))?;
@@ -167,12 +157,12 @@ pub fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>) -> Result<SshdTargets, Lo
             reason: format!("{e}"),
         })?;
     }
-    let libcs = find_libc();
+    let libcs = find_libc(procs);
     if libcs.is_empty() {
         return Err(program_error("sshd_accept", "no libc.so.6 found to probe accept() in"));
     }
     for (program, symbol) in LIBC_PROBES {
-        let probe = uprobe(ebpf, program)?;
+        let probe = loaded_uprobe(ebpf, program)?;
         for libc in &libcs {
             probe.attach(*symbol, libc, UProbeScope::AllProcesses).map_err(|e| LoadError::Attach {
                 program,
@@ -183,7 +173,7 @@ pub fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>) -> Result<SshdTargets, Lo
         }
     }
     targets.libc = libcs;
-    let setlogin = uprobe(ebpf, SETLOGIN)?;
+    let setlogin = loaded_uprobe(ebpf, SETLOGIN)?;
     for path in &binaries {
         if path.file_name().is_some_and(|n| n == "sshd-auth") {
             continue; // Pre-auth only: a setlogin there would not be a login.
@@ -195,19 +185,6 @@ pub fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>) -> Result<SshdTargets, Lo
     }
     targets.binaries = binaries;
     Ok(targets)
-}
-
-/// The uprobe program `name`, loaded.
-fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {
-    let probe: &mut UProbe = ebpf
-        .program_mut(name)
-        .ok_or_else(|| program_error(name, "not in the object"))?
-        .try_into()
-        .map_err(|e| program_error(name, e))?;
-    if probe.fd().is_err() {
-        probe.load().map_err(|e| program_error(name, format!("{e:#}")))?;
-    }
-    Ok(probe)
 }
 
 fn program_error(program: &'static str, reason: impl std::fmt::Display) -> LoadError {
