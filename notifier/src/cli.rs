@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::event::Format;
+use crate::{config::Network, event::Format};
 
 /// notifier: tells you, within seconds, that someone just logged in to this host.
 ///
@@ -22,7 +22,7 @@ pub enum Command {
     /// Stream every PAM login event to stdout, as text lines or JSON Lines.
     Watch(WatchArgs),
     /// The daemon: capture, enrich, classify and learn every login; write each with its verdict.
-    Run(crate::run::RunArgs),
+    Run(RunArgs),
     /// Validate a config file and print the effective settings.
     CheckConfig {
         /// Config file [default: /etc/notifier/notifier.toml].
@@ -39,7 +39,7 @@ pub enum Command {
         sink: Option<String>,
     },
     /// Show and edit the learned history and the allowlist (safe while the daemon runs).
-    Known(crate::known::KnownArgs),
+    Known(KnownArgs),
     /// Print the man page or a shell completion script (for packaging).
     #[command(hide = true)]
     Generate {
@@ -108,4 +108,62 @@ impl WatchArgs {
             Format::Text
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config file [default: /etc/notifier/notifier.toml, or built-in defaults if it does not exist].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON Lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunArgs {
+    pub fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            Format::Text
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct KnownArgs {
+    /// Config file (for state_dir and the configured allowlist).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: KnownCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KnownCommand {
+    /// Show the allowlists and what was learned for each user.
+    List {
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Print the history as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allowlist an IP or network, for everyone or for one user.
+    Add {
+        /// Only for this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// An IP address or CIDR network.
+        network: Network,
+    },
+    /// Forget a user's history, or one IP, network, ASN (AS64500) or country (NZ) of it, or a
+    /// command-line allowlist entry.
+    Forget {
+        /// The user; `--global` for the global allowlist.
+        user: String,
+        /// What to forget; everything about the user when absent.
+        entry: Option<String>,
+    },
 }

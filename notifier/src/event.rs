@@ -248,47 +248,49 @@ pub fn pam_result_name(code: i32) -> String {
     usize::try_from(code).ok().and_then(|i| NAMES.get(i)).map_or_else(|| format!("PAM_{code}"), |s| (*s).to_string())
 }
 
+/// A key login from 203.0.113.7:52144, for tests of every stage.
+#[cfg(test)]
+pub fn sample_login() -> LoginEvent {
+    LoginEvent {
+        time: "2026-11-24T18:07:50.123Z".into(),
+        event: EventKind::SessionOpen,
+        service: Some("sshd".into()),
+        user: Some("alice".into()),
+        peer: Some(Peer { ip: "203.0.113.7".parse().unwrap(), port: Some(52144) }),
+        rhost: Some("203.0.113.7".into()),
+        tty: Some("ssh".into()),
+        ruser: None,
+        auth: Some(AuthInfo {
+            method: Some("publickey".into()),
+            key_type: Some("ssh-ed25519".into()),
+            fingerprint: Some("SHA256:abc".into()),
+        }),
+        pam_result: None,
+        pid: 4242,
+        comm: "sshd-session".into(),
+        exe: Some("/usr/lib/openssh/sshd-session".into()),
+        caller_uid: 0,
+        uid: None,
+        ppid: 1,
+        owner_pid: 4242,
+        trusted: true,
+        host: "web-1".into(),
+        session: "0123456789abcdef".into(),
+        witnesses: vec!["pam", "sshd"],
+        missed_by: vec![],
+        duration_ms: None,
+        truncated: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample() -> LoginEvent {
-        LoginEvent {
-            time: "2026-11-24T18:07:50.123Z".into(),
-            event: EventKind::SessionOpen,
-            service: Some("sshd".into()),
-            user: Some("alice".into()),
-            peer: Some(Peer { ip: "203.0.113.7".parse().unwrap(), port: Some(52144) }),
-            rhost: Some("203.0.113.7".into()),
-            tty: Some("ssh".into()),
-            ruser: None,
-            auth: Some(AuthInfo {
-                method: Some("publickey".into()),
-                key_type: Some("ssh-ed25519".into()),
-                fingerprint: Some("SHA256:abc".into()),
-            }),
-            pam_result: None,
-            pid: 4242,
-            comm: "sshd-session".into(),
-            exe: Some("/usr/lib/openssh/sshd-session".into()),
-            caller_uid: 0,
-            uid: None,
-            ppid: 1,
-            owner_pid: 4242,
-            trusted: true,
-            host: "web-1".into(),
-            session: "0123456789abcdef".into(),
-            witnesses: vec!["pam", "sshd"],
-            missed_by: vec![],
-            duration_ms: None,
-            truncated: vec![],
-        }
-    }
-
     #[test]
     fn json_line_has_the_documented_shape() {
         let mut out = Vec::new();
-        write_login(&mut out, Format::Json, &sample()).unwrap();
+        write_login(&mut out, Format::Json, &sample_login()).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches('\n').count(), 1);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -302,7 +304,7 @@ mod tests {
 
     #[test]
     fn text_line_is_one_escaped_line() {
-        let mut e = sample();
+        let mut e = sample_login();
         e.user = Some("evil\nuser=root x\u{1b}[31m\\".into());
         e.trusted = false;
         e.truncated = vec!["user"];
@@ -317,7 +319,7 @@ mod tests {
 
     #[test]
     fn ipv6_peer_is_bracketed_and_close_has_duration() {
-        let mut e = sample();
+        let mut e = sample_login();
         e.event = EventKind::SessionClose;
         e.peer = Some(Peer { ip: "::1".parse().unwrap(), port: Some(50000) });
         e.duration_ms = Some(Some(1234));

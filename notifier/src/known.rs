@@ -5,58 +5,16 @@
 use std::{io::Write as _, path::PathBuf};
 
 use anyhow::{bail, Context as _};
-use clap::{Args, Subcommand};
 
 use crate::{
+    cli::{KnownArgs, KnownCommand},
+    clock::{format_unix_secs, unix_now},
     config::{Config, Network},
-    run::load_config,
     state::history::{History, Store},
 };
 
-#[derive(Debug, Args)]
-pub struct KnownArgs {
-    /// Config file (for state_dir and the configured allowlist).
-    #[arg(long, value_name = "FILE", global = true)]
-    pub config: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: KnownCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KnownCommand {
-    /// Show the allowlists and what was learned for each user.
-    List {
-        /// Only this user.
-        #[arg(long)]
-        user: Option<String>,
-        /// Print the history as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Allowlist an IP or network, for everyone or for one user.
-    Add {
-        /// Only for this user.
-        #[arg(long)]
-        user: Option<String>,
-        /// An IP address or CIDR network.
-        network: Network,
-    },
-    /// Forget a user's history, or one IP, network, ASN (AS64500) or country (NZ) of it, or a
-    /// command-line allowlist entry.
-    Forget {
-        /// The user; `--global` for the global allowlist.
-        user: String,
-        /// What to forget; everything about the user when absent.
-        entry: Option<String>,
-    },
-}
-
-fn unix_now() -> i64 {
-    (crate::procinfo::unix_now_ns() / 1_000_000_000) as i64
-}
-
 pub fn run(args: KnownArgs) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_deref())?;
+    let config = Config::load_or_default(args.config.as_deref())?;
     let mut store = Store::open(&config.state_dir, unix_now())?;
     match args.command {
         KnownCommand::List { user, json } => {
@@ -152,8 +110,8 @@ fn list_text(config: &Config, h: &History) -> String {
                 s.push_str(&format!(
                     "  {kind:<8} {key:<40} count={:<6} first={} last={}\n",
                     seen.count,
-                    crate::session::format_time(i128::from(seen.first) * 1_000_000_000),
-                    crate::session::format_time(i128::from(seen.last) * 1_000_000_000),
+                    format_unix_secs(seen.first),
+                    format_unix_secs(seen.last),
                 ));
             }
         }

@@ -27,8 +27,8 @@ fn main() -> ExitCode {
                 notifier::cli::generate(what, &mut std::io::stdout().lock()).context("writing to stdout")
             }
             Command::TestAlert { config, sink } => {
-                let config = notifier::run::load_config(config.as_deref())?;
-                if notifier::alert::test_alert(&config, sink.as_deref()).await? {
+                let config = notifier::config::Config::load_or_default(config.as_deref())?;
+                if notifier::test_alert::test_alert(&config, sink.as_deref()).await? {
                     Ok(())
                 } else {
                     Err(anyhow::anyhow!("some sinks failed; see above"))

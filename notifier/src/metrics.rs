@@ -135,17 +135,8 @@ impl Metrics {
     }
 }
 
-/// Number of spooled alert files under `spool_root` (one directory per sink).
-fn spool_files(spool_root: &Path) -> usize {
-    let Ok(dirs) = std::fs::read_dir(spool_root) else { return 0 };
-    dirs.flatten()
-        .filter_map(|d| std::fs::read_dir(d.path()).ok())
-        .map(|files| files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "json")).count())
-        .sum()
-}
-
 /// Binds `listen` now (so a taken port is a start-up error) and serves `GET /metrics` from a task.
-pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, spool_root: PathBuf) -> anyhow::Result<()> {
+pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, state_dir: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("metrics.listen = \"{listen}\": cannot listen there ({e}); choose a free address and port, or set metrics.enabled = false")
     })?;
@@ -153,10 +144,10 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, spool_root: PathBu
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (metrics, spool_root) = (metrics.clone(), spool_root.clone());
+            let (metrics, state_dir) = (metrics.clone(), state_dir.clone());
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (metrics, spool_root) = (metrics.clone(), spool_root.clone());
-                async move { Ok::<_, Infallible>(respond(&req, &metrics, &spool_root)) }
+                let (metrics, state_dir) = (metrics.clone(), state_dir.clone());
+                async move { Ok::<_, Infallible>(respond(&req, &metrics, &state_dir)) }
             });
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
@@ -169,7 +160,7 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, spool_root: PathBu
     Ok(())
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics, spool_root: &Path) -> Response<Full<Bytes>> {
+fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics, state_dir: &Path) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, kind: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -178,7 +169,7 @@ fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics, spool_root: 
     };
     match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => {
-            metrics.spool_depth.set(spool_files(spool_root) as i64);
+            metrics.spool_depth.set(crate::state::spool::pending(state_dir) as i64);
             reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
         }
         (&hyper::Method::GET, _) => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics\n".into()),

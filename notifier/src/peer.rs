@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::network::canonical;
+
 /// Where a login came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Peer {
@@ -63,14 +65,6 @@ pub fn parse_ip(text: &str) -> Option<IpAddr> {
     };
     let ip: IpAddr = text.parse().ok()?;
     Some(canonical(ip))
-}
-
-/// `::ffff:a.b.c.d` is shown as `a.b.c.d`.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

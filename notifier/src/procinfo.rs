@@ -1,10 +1,26 @@
 //! Process facts read from /proc: the executable path of a PAM caller, and this host's identity.
 //! The probes give the executable's inode, so a pid reused by another program is never reported
-//! with the wrong path.
+//! with the wrong path. Below every stage: it imports only the clock.
 
 use std::{collections::HashMap, fs, os::unix::fs::MetadataExt as _};
 
-use crate::session::{HostContext, ProcessLookup};
+use crate::clock;
+
+/// How a caller's executable path is found (from /proc in production, a table in tests).
+pub trait ProcessLookup {
+    /// The executable of `tgid`, if it is still the process whose executable has inode `ino`.
+    fn exe(&mut self, tgid: u32, ino: Option<u64>) -> Option<String>;
+}
+
+/// Facts about this host that go into every event.
+#[derive(Clone, Debug)]
+pub struct HostContext {
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id`: makes session ids unique across reboots.
+    pub boot_id: String,
+    /// Add to a `CLOCK_BOOTTIME` timestamp to get Unix time, in nanoseconds.
+    pub boot_to_unix_ns: i128,
+}
 
 /// Looks up executables in /proc, caching by (tgid, inode).
 #[derive(Default)]
@@ -41,25 +57,8 @@ pub fn host_context() -> HostContext {
     HostContext {
         host: read("/proc/sys/kernel/hostname"),
         boot_id: read("/proc/sys/kernel/random/boot_id"),
-        boot_to_unix_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        boot_to_unix_ns: clock::boot_to_unix_ns(),
     }
-}
-
-/// Unix time now, in nanoseconds.
-pub fn unix_now_ns() -> i128 {
-    clock_ns(libc::CLOCK_REALTIME)
-}
-
-/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock of the probes' timestamps.
-pub fn boot_now_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME) as u64
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes to it.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 // int accept(int fd, struct sockaddr *addr, socklen_t *addrlen), and accept4 with flags: in an
 // sshd listener, the address buffer is remembered for its next fork.
 #[uprobe]
-pub fn sshd_accept(ctx: ProbeContext) -> u32 {
+pub fn sshd_enter_accept(ctx: ProbeContext) -> u32 {
     let addr = arg(&ctx, 1);
     if addr == 0 || !running_sshd() {
         return 0;
@@ -57,7 +57,7 @@ pub fn sshd_accept(ctx: ProbeContext) -> u32 {
 /// A fork: from a listener with an accepted peer, it starts a tracked connection; from a tracked
 /// process, the child joins its connection (down to [`SSHD_MAX_DEPTH`]).
 #[tracepoint]
-pub fn sshd_fork(ctx: TracePointContext) -> u32 {
+pub fn sshd_sched_process_fork(ctx: TracePointContext) -> u32 {
     // SAFETY: a plain read of a global that the loader initialised before load.
     let offset = unsafe { core::ptr::read_volatile(&FORK_CHILD_PID) } as usize;
     // SAFETY: as in `field`.
@@ -126,14 +126,14 @@ fn conn_record(kind: u32, conn: &SshdConn) -> Option<Record> {
 
 // int setlogin(const char *name), exported by sshd (up to 9.7) and sshd-session (9.8 and later).
 #[uprobe]
-pub fn sshd_setlogin(ctx: ProbeContext) -> u32 {
+pub fn sshd_enter_setlogin(ctx: ProbeContext) -> u32 {
     let name: u64 = ctx.arg(0).unwrap_or(0);
     // A process outside the tracked connections (one that started before notifier, or sshd -i
     // under inetd or socket activation, whose accept() is not sshd's) has no peer to report.
     let Some(conn) = SSHD_CONNS.get_ptr_mut(tgid()) else {
         return 0;
     };
-    // SAFETY: as in `sshd_fork`.
+    // SAFETY: as in `sshd_sched_process_fork`.
     let conn = unsafe {
         (*conn).flags |= sshd_flags::LOGGED_IN;
         *conn
@@ -148,7 +148,7 @@ pub fn sshd_setlogin(ctx: ProbeContext) -> u32 {
 // int setresuid(uid_t ruid, uid_t euid, uid_t suid), in a process that called setlogin: the uid,
 // when all three agree. sshd treats a failure here as fatal, so the login does not go on.
 #[uprobe]
-pub fn sshd_setresuid(ctx: ProbeContext) -> u32 {
+pub fn sshd_enter_setresuid(ctx: ProbeContext) -> u32 {
     // SAFETY: the value is copied out at once.
     let Some(conn) = (unsafe { SSHD_CONNS.get(tgid()) }).copied() else {
         return 0;
@@ -170,7 +170,7 @@ pub fn sshd_setresuid(ctx: ProbeContext) -> u32 {
 /// A task exits: a tracked process leaves the map; the connection's own process and the pre-auth
 /// child report their exit status.
 #[tracepoint]
-pub fn sshd_exit(_ctx: TracePointContext) -> u32 {
+pub fn sshd_sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     // Keys are the pids forks report, so a thread of a tracked process may have one of its own.

@@ -14,11 +14,17 @@ use tracing::warn;
 
 use super::{
     ratelimit::{self, Limiter},
-    sink::{spool_dir, RawSink, Sink, When},
+    sink::Sink,
     spool::{self, now_ms, Entry, RetryPolicy, SinkHealth, Spool},
     Alert, AlertKind,
 };
-use crate::{config::Alerts, metrics::Metrics};
+use crate::{
+    config::{
+        sink::{RawSink, When},
+        Alerts,
+    },
+    metrics::Metrics,
+};
 
 struct Handle {
     name: String,
@@ -67,7 +73,7 @@ impl Dispatcher {
         let mut built = Vec::new();
         for raw in sinks {
             let sink = Sink::build(raw, &client).map_err(|e| anyhow::anyhow!("sink {:?}: {e}", raw.name))?;
-            let spool = Spool::open(spool_dir(state_dir, &raw.name), state_dir)
+            let spool = Spool::open(state_dir, &raw.name)
                 .with_context(|| format!("opening the spool of sink {:?}", raw.name))?;
             built.push((raw, sink, spool));
         }
@@ -119,7 +125,9 @@ impl Dispatcher {
             }
         }
         let now = now_ms();
-        for sink in self.sinks.iter().filter(|s| s.when.matches(&alert)) {
+        for sink in
+            self.sinks.iter().filter(|s| s.when.matches(alert.verdict, alert.service.as_deref(), alert.user.as_deref()))
+        {
             let entry = Entry { alert: alert.clone(), attempts: 0, spooled_ms: now, next_ms: now, last_error: None };
             match sink.spool.put(&entry) {
                 Ok(()) if self.spool_failing => {

@@ -12,9 +12,10 @@ use lettre::{
 
 use super::{
     message::Templates,
-    sink::{RawSink, SinkError, Tls},
+    sink::{BuildError, SinkError},
     Alert,
 };
+use crate::config::sink::{RawSink, Tls};
 
 pub struct EmailSink {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -24,15 +25,18 @@ pub struct EmailSink {
 }
 
 impl EmailSink {
-    pub fn build(raw: &RawSink, templates: Templates) -> Result<Self, String> {
-        let server = raw.server.clone().ok_or("missing key `server`")?;
+    pub fn build(raw: &RawSink, templates: Templates) -> Result<Self, BuildError> {
+        let invalid = |key: &'static str| {
+            move |e: lettre::transport::smtp::Error| BuildError::Invalid { key, reason: e.to_string() }
+        };
+        let server = raw.server.clone().ok_or(BuildError::Missing("server"))?;
         let tls = raw.tls.unwrap_or_default();
         let mut builder = match tls {
             Tls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server.as_str()),
             Tls::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&server).map_err(|e| format!("`server`: {e}"))?
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&server).map_err(invalid("server"))?
             }
-            Tls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&server).map_err(|e| format!("`server`: {e}"))?,
+            Tls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&server).map_err(invalid("server"))?,
         };
         let default_port = match tls {
             Tls::None => 25,
@@ -44,18 +48,19 @@ impl EmailSink {
             let password = raw
                 .password
                 .as_ref()
-                .ok_or("`username` needs `password`")?
+                .ok_or(BuildError::Invalid { key: "username", reason: "`username` needs `password`".into() })?
                 .resolve()
-                .map_err(|e| format!("`password`: {e}"))?;
+                .map_err(|source| BuildError::Secret { key: "password", source })?;
             builder = builder.credentials(Credentials::new(user.clone(), password.0));
         }
-        let mailbox = |key: &str, s: &str| {
-            s.parse::<Mailbox>().map_err(|e| format!("`{key}`: {s:?} is not an email address: {e}"))
+        let mailbox = |key: &'static str, s: &str| {
+            s.parse::<Mailbox>()
+                .map_err(|e| BuildError::Invalid { key, reason: format!("{s:?} is not an email address: {e}") })
         };
-        let from = mailbox("from", raw.from.as_deref().ok_or("missing key `from`")?)?;
+        let from = mailbox("from", raw.from.as_deref().ok_or(BuildError::Missing("from"))?)?;
         let to = raw.to.clone().unwrap_or_default().iter().map(|t| mailbox("to", t)).collect::<Result<Vec<_>, _>>()?;
         if to.is_empty() {
-            return Err("`to` lists no recipient".into());
+            return Err(BuildError::Invalid { key: "to", reason: "lists no recipient".into() });
         }
         Ok(Self { transport: builder.build(), from, to, templates })
     }
@@ -73,12 +78,12 @@ impl EmailSink {
         for to in &self.to {
             builder = builder.to(to.clone());
         }
-        let message = builder.body(msg.body).map_err(|e| SinkError::Permanent(format!("building the email: {e}")))?;
+        let message = builder.body(msg.body).map_err(|e| SinkError::permanent(format!("building the email: {e}")))?;
         self.transport.send(message).await.map(|_| ()).map_err(|e| {
             if e.is_permanent() {
-                SinkError::Permanent(format!("SMTP: {e}"))
+                SinkError::permanent(format!("SMTP: {e}"))
             } else {
-                SinkError::Transient(format!("SMTP: {e}"))
+                SinkError::transient(format!("SMTP: {e}"))
             }
         })
     }

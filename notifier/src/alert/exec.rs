@@ -16,7 +16,7 @@ pub struct ExecSink {
 impl ExecSink {
     pub async fn send(&self, alert: &Alert) -> Result<(), SinkError> {
         let Some((program, args)) = self.command.split_first() else {
-            return Err(SinkError::Permanent("empty command".into()));
+            return Err(SinkError::permanent("empty command"));
         };
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         let mut child = tokio::process::Command::new(program)
@@ -39,9 +39,9 @@ impl ExecSink {
             .spawn()
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                    SinkError::Permanent(format!("cannot run {program}: {e}"))
+                    SinkError::permanent(format!("cannot run {program}: {e}"))
                 }
-                _ => SinkError::Transient(format!("cannot run {program}: {e}")),
+                _ => SinkError::transient(format!("cannot run {program}: {e}")),
             })?;
         let json = serde_json::to_vec(alert).unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
@@ -49,12 +49,12 @@ impl ExecSink {
             let _ = stdin.write_all(&json).await;
         }
         match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Err(_) => Err(SinkError::Transient(format!("{program} did not finish within {:?}; killed", self.timeout))),
-            Ok(Err(e)) => Err(SinkError::Transient(format!("waiting for {program}: {e}"))),
+            Err(_) => Err(SinkError::transient(format!("{program} did not finish within {:?}; killed", self.timeout))),
+            Ok(Err(e)) => Err(SinkError::transient(format!("waiting for {program}: {e}"))),
             Ok(Ok(out)) if out.status.success() => Ok(()),
             Ok(Ok(out)) => {
                 let stderr: String = String::from_utf8_lossy(&out.stderr).chars().take(200).collect();
-                Err(SinkError::Transient(format!("{program} exited with {}: {}", out.status, stderr.trim())))
+                Err(SinkError::transient(format!("{program} exited with {}: {}", out.status, stderr.trim())))
             }
         }
     }

@@ -10,9 +10,10 @@ use sha2::Sha256;
 
 use super::{
     message::Templates,
-    sink::{RawSink, Secret, SinkError, SinkType},
+    sink::{BuildError, SinkError},
     Alert,
 };
+use crate::config::sink::{RawSecret, RawSink, Secret, SinkType};
 
 /// Header carrying the HMAC-SHA256 of the webhook body: `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "X-Notifier-Signature";
@@ -66,8 +67,12 @@ pub struct HttpSink {
     templates: Templates,
 }
 
-fn need<T: Clone>(v: &Option<T>, key: &str) -> Result<T, String> {
-    v.clone().ok_or_else(|| format!("missing key `{key}`"))
+fn need<T: Clone>(v: &Option<T>, key: &'static str) -> Result<T, BuildError> {
+    v.clone().ok_or(BuildError::Missing(key))
+}
+
+fn optional_secret(v: &Option<RawSecret>, key: &'static str) -> Result<Option<Secret>, BuildError> {
+    v.as_ref().map(RawSecret::resolve).transpose().map_err(|source| BuildError::Secret { key, source })
 }
 
 fn trim(url: String) -> String {
@@ -75,9 +80,9 @@ fn trim(url: String) -> String {
 }
 
 impl HttpSink {
-    pub fn build(raw: &RawSink, client: Client, templates: Templates) -> Result<Self, String> {
-        let secret = |v: &Option<super::sink::RawSecret>, key: &str| {
-            need(v, key)?.resolve().map_err(|e| format!("`{key}`: {e}"))
+    pub fn build(raw: &RawSink, client: Client, templates: Templates) -> Result<Self, BuildError> {
+        let secret = |v: &Option<RawSecret>, key: &'static str| {
+            need(v, key)?.resolve().map_err(|source| BuildError::Secret { key, source })
         };
         let api = match raw.kind {
             SinkType::Pushover => Api::Pushover {
@@ -92,7 +97,7 @@ impl HttpSink {
             SinkType::Ntfy => Api::Ntfy {
                 server: trim(raw.server.clone().unwrap_or_else(|| "https://ntfy.sh".into())),
                 topic: need(&raw.topic, "topic")?,
-                token: raw.token.as_ref().map(|t| t.resolve()).transpose().map_err(|e| format!("`token`: {e}"))?,
+                token: optional_secret(&raw.token, "token")?,
                 priority: raw.priority,
                 tags: raw.tags.clone().unwrap_or_default(),
             },
@@ -111,9 +116,11 @@ impl HttpSink {
             SinkType::Webhook => Api::Webhook {
                 url: secret(&raw.url, "url")?,
                 headers: raw.headers.clone().unwrap_or_default().into_iter().collect(),
-                secret: raw.secret.as_ref().map(|s| s.resolve()).transpose().map_err(|e| format!("`secret`: {e}"))?,
+                secret: optional_secret(&raw.secret, "secret")?,
             },
-            SinkType::Email | SinkType::Exec | SinkType::Syslog => return Err("not an HTTP sink".into()),
+            SinkType::Email | SinkType::Exec | SinkType::Syslog => {
+                return Err(BuildError::Invalid { key: "type", reason: "not an HTTP sink".into() })
+            }
         };
         Ok(Self { api, client, templates })
     }
@@ -200,7 +207,7 @@ impl HttpSink {
             .header(IDEMPOTENCY_HEADER, &alert.id)
             .send()
             .await
-            .map_err(|e| SinkError::Transient(without_url(&e)))?;
+            .map_err(|e| SinkError::transient(without_url(&e)))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -209,9 +216,9 @@ impl HttpSink {
         let what = format!("HTTP {status}: {text}");
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
         {
-            Err(SinkError::Transient(what))
+            Err(SinkError::transient(what))
         } else {
-            Err(SinkError::Permanent(what))
+            Err(SinkError::permanent(what))
         }
     }
 }

@@ -12,7 +12,7 @@ pub struct Message {
     pub body: String,
 }
 
-/// A sink's templates, checked when the config is loaded.
+/// A sink's templates (their syntax is checked when the config is loaded).
 #[derive(Clone, Debug, Default)]
 pub struct Templates {
     pub title: Option<String>,
@@ -20,15 +20,6 @@ pub struct Templates {
 }
 
 impl Templates {
-    /// Errors in a template's syntax, found before the daemon starts.
-    pub fn check(&self) -> Result<(), String> {
-        let env = Environment::new();
-        for t in [&self.title, &self.body].into_iter().flatten() {
-            env.template_from_str(t).map_err(|e| format!("invalid template {t:?}: {e}"))?;
-        }
-        Ok(())
-    }
-
     pub fn render(&self, alert: &Alert) -> Message {
         let default = default_message(alert);
         let render = |t: &Option<String>, fallback: String| match t {

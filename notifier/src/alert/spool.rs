@@ -23,7 +23,7 @@ use super::{
     sink::{Sink, SinkError},
     Alert,
 };
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, state::spool as layout};
 
 /// One pending delivery.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,9 +56,7 @@ impl RetryPolicy {
     }
 }
 
-pub fn now_ms() -> i64 {
-    (crate::procinfo::unix_now_ns() / 1_000_000) as i64
-}
+pub use crate::clock::unix_now_ms as now_ms;
 
 /// The spool directory of one sink.
 #[derive(Clone, Debug)]
@@ -68,14 +66,15 @@ pub struct Spool {
 }
 
 impl Spool {
-    pub fn open(dir: PathBuf, state_dir: &Path) -> io::Result<Self> {
+    /// The spool of the sink called `name`, created if needed.
+    pub fn open(state_dir: &Path, name: &str) -> io::Result<Self> {
+        let dir = layout::sink_dir(state_dir, name);
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        Ok(Self { dir, dead_letter: state_dir.join("dead-letter.jsonl") })
+        Ok(Self { dir, dead_letter: layout::dead_letter(state_dir) })
     }
 
     fn file(&self, id: &str) -> PathBuf {
-        let safe: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        self.dir.join(format!("{safe}.json"))
+        layout::entry_file(&self.dir, id)
     }
 
     /// Writes `entry` durably.
@@ -120,7 +119,7 @@ impl Spool {
     /// Appends to the dead-letter file (mode 0600).
     pub fn dead(&self, sink: &str, entry: &Entry, reason: &str) -> io::Result<()> {
         let line = serde_json::json!({
-            "time": crate::session::format_time(i128::from(now_ms()) * 1_000_000),
+            "time": crate::clock::format_time(i128::from(now_ms()) * 1_000_000),
             "sink": sink,
             "reason": reason,
             "attempts": entry.attempts,
@@ -168,7 +167,7 @@ pub async fn deliver(
             }
             let result = tokio::time::timeout(Duration::from_secs(30), sink.send(&pending[i].alert))
                 .await
-                .unwrap_or_else(|_| Err(SinkError::Transient("no answer within 30 s".into())));
+                .unwrap_or_else(|_| Err(SinkError::transient("no answer within 30 s")));
             let entry = &mut pending[i];
             match result {
                 Ok(()) => {
@@ -181,7 +180,7 @@ pub async fn deliver(
                 }
                 Err(SinkError::Permanent(e)) => {
                     warn!(sink = %name, alert = %entry.alert.id, error = %e, "Delivery failed permanently; alert moved to the dead-letter file.");
-                    let _ = spool.dead(&name, entry, &e);
+                    let _ = spool.dead(&name, entry, &e.to_string());
                     Metrics::sink(&metrics.alerts_failed, &name);
                     Metrics::sink(&metrics.alerts_dead, &name);
                     pending.remove(i);
@@ -202,11 +201,11 @@ pub async fn deliver(
                     if entry.attempts == 1 {
                         warn!(sink = %name, alert = %entry.alert.id, error = %e, "Delivery failed; will retry.");
                     }
-                    entry.last_error = Some(e.clone());
+                    entry.last_error = Some(e.to_string());
                     if let Err(err) = spool.put(entry) {
                         warn!(sink = %name, error = %err, "Could not update the spool file.");
                     }
-                    let _ = health.send(SinkHealth { sink: name.clone(), failing_for: age, last_error: e });
+                    let _ = health.send(SinkHealth { sink: name.clone(), failing_for: age, last_error: e.to_string() });
                     i += 1;
                 }
             }

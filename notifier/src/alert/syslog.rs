@@ -3,51 +3,12 @@
 //! structured-data parameters, escaped as RFC 5424 requires (`"`, `\` and `]`), and into the message
 //! with control characters escaped, so one alert is always one record.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use tokio::io::AsyncWriteExt as _;
 
 use super::{message::Templates, sink::SinkError, Alert};
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    Unix(PathBuf),
-    Udp(SocketAddr),
-    Tcp(SocketAddr),
-}
-
-impl std::str::FromStr for Address {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("{s:?} is not a syslog address; use unix:/dev/log, udp:HOST:PORT or tcp:HOST:PORT (an IP address)")
-        };
-        match s.split_once(':') {
-            Some(("unix", path)) => Ok(Self::Unix(PathBuf::from(path))),
-            Some(("udp", addr)) => addr.parse().map(Self::Udp).map_err(|_| bad()),
-            Some(("tcp", addr)) => addr.parse().map(Self::Tcp).map_err(|_| bad()),
-            _ => Err(bad()),
-        }
-    }
-}
-
-/// Facility numbers (RFC 5424 table 1).
-pub fn facility(name: &str) -> Result<u8, String> {
-    Ok(match name {
-        "auth" => 4,
-        "daemon" => 3,
-        "authpriv" => 10,
-        "local0" => 16,
-        "local1" => 17,
-        "local2" => 18,
-        "local3" => 19,
-        "local4" => 20,
-        "local5" => 21,
-        "local6" => 22,
-        "local7" => 23,
-        other => return Err(format!("unknown facility {other:?}; use authpriv, auth, daemon or local0..local7")),
-    })
-}
+use crate::config::sink::SyslogAddress as Address;
 
 pub struct SyslogSink {
     pub address: Address,
@@ -116,7 +77,7 @@ pub fn format(alert: &Alert, facility: u8, templates: &Templates) -> String {
 impl SyslogSink {
     pub async fn send(&self, alert: &Alert) -> Result<(), SinkError> {
         let record = format(alert, self.facility, &self.templates);
-        let transient = |what: &str, e: std::io::Error| SinkError::Transient(format!("syslog {what}: {e}"));
+        let transient = |what: &str, e: std::io::Error| SinkError::transient(format!("syslog {what}: {e}"));
         match &self.address {
             Address::Unix(path) => {
                 let socket = tokio::net::UnixDatagram::unbound().map_err(|e| transient("socket", e))?;
@@ -163,7 +124,7 @@ mod tests {
         assert_eq!("unix:/dev/log".parse::<Address>(), Ok(Address::Unix("/dev/log".into())));
         assert_eq!("udp:127.0.0.1:514".parse::<Address>(), Ok(Address::Udp("127.0.0.1:514".parse().unwrap())));
         assert!("tcp:logs.example.com:514".parse::<Address>().is_err());
-        assert_eq!(facility("authpriv"), Ok(10));
-        assert!(facility("kern").is_err());
+        assert_eq!(crate::config::sink::syslog_facility("authpriv"), Ok(10));
+        assert!(crate::config::sink::syslog_facility("kern").is_err());
     }
 }

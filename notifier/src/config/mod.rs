@@ -5,16 +5,21 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::{alert::sink::RawSink, policy::Verdict};
+mod raw;
+pub mod sink;
+
+pub use raw::*;
+
+pub use crate::network::Network;
+use crate::verdict::Verdict;
+use sink::RawSink;
 
 /// Where the daemon reads its configuration unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/notifier/notifier.toml";
@@ -28,206 +33,6 @@ pub enum ConfigError {
     Parse { path: Option<String>, message: String },
     #[error("invalid config: {key} (line {line}): {reason}; {fix}")]
     Invalid { key: String, line: usize, reason: String, fix: String },
-}
-
-/// An IP address or CIDR network, written as a string (`"203.0.113.7"`, `"10.0.0.0/8"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Network(pub IpNet);
-
-impl Network {
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        self.0.contains(ip)
-    }
-}
-
-impl std::str::FromStr for Network {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if let Ok(net) = s.parse::<IpNet>() {
-            return Ok(Self(net.trunc()));
-        }
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(Self(IpNet::from(crate::peer::canonical(ip))));
-        }
-        Err(format!("{s:?} is not an IP address or CIDR network (e.g. 10.0.0.0/8, 2001:db8::/32, 203.0.113.7)"))
-    }
-}
-
-impl fmt::Display for Network {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Network {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Network {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// The file as written. Defaults are the values documented in packaging/config.example.toml.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawConfig {
-    /// Where the learned history lives.
-    pub state_dir: Option<PathBuf>,
-    /// Host name used in events; default: the kernel's host name.
-    pub host: Option<String>,
-    pub capture: RawCapture,
-    pub policy: RawPolicy,
-    pub brute_force: RawBruteForce,
-    pub geoip: RawGeoip,
-    pub rdns: RawRdns,
-    pub alerts: RawAlerts,
-    pub metrics: RawMetrics,
-    /// `[[sink]]` tables: where alerts go.
-    pub sink: Vec<RawSink>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawMetrics {
-    pub enabled: bool,
-    pub listen: SocketAddr,
-}
-
-impl Default for RawMetrics {
-    fn default() -> Self {
-        Self { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 9880)) }
-    }
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawAlerts {
-    pub cooldown_secs: u64,
-    pub max_per_minute: u32,
-    pub retry_initial_ms: u64,
-    pub retry_max_secs: u64,
-    pub max_age_hours: u64,
-    pub health_attach: bool,
-    pub health_events_lost: bool,
-    pub health_sink_failing_secs: u64,
-    pub health_stopping: bool,
-}
-
-impl Default for RawAlerts {
-    fn default() -> Self {
-        Self {
-            cooldown_secs: 600,
-            max_per_minute: 10,
-            retry_initial_ms: 1000,
-            retry_max_secs: 300,
-            max_age_hours: 24,
-            health_attach: true,
-            health_events_lost: true,
-            health_sink_failing_secs: 600,
-            health_stopping: true,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawCapture {
-    /// libpam files to attach to; empty: find them.
-    pub libpam: Vec<PathBuf>,
-    /// Only these PAM services; empty: all.
-    pub services: Vec<String>,
-    /// Watch sshd itself too, so logins without PAM are seen.
-    pub sshd_witness: bool,
-    /// sshd binaries (sshd, sshd-session, sshd-auth); empty: find them.
-    pub sshd: Vec<PathBuf>,
-}
-
-impl Default for RawCapture {
-    fn default() -> Self {
-        Self { libpam: Vec::new(), services: Vec::new(), sshd_witness: true, sshd: Vec::new() }
-    }
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawPolicy {
-    pub known_networks: Vec<Network>,
-    pub alert_on: Vec<Verdict>,
-    pub learning_days: u32,
-    pub expire_days: u32,
-    pub users: BTreeMap<String, RawUserPolicy>,
-}
-
-impl Default for RawPolicy {
-    fn default() -> Self {
-        Self {
-            known_networks: Vec::new(),
-            // Everything but allowlisted and known.
-            alert_on: vec![
-                Verdict::FirstLogin,
-                Verdict::NewIp,
-                Verdict::NewNetwork,
-                Verdict::NewAsn,
-                Verdict::NewCountry,
-                Verdict::Local,
-                Verdict::Forged,
-                Verdict::BruteForce,
-                Verdict::PamBypassed,
-            ],
-            learning_days: 0,
-            expire_days: 0,
-            users: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawUserPolicy {
-    pub known_networks: Vec<Network>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawBruteForce {
-    pub failures: u32,
-    pub window_secs: u64,
-}
-
-impl Default for RawBruteForce {
-    fn default() -> Self {
-        Self { failures: 5, window_secs: 60 }
-    }
-}
-
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawGeoip {
-    /// A GeoLite2/DB-IP Country or City database.
-    pub country_db: Option<toml::Spanned<PathBuf>>,
-    /// A GeoLite2/DB-IP ASN database.
-    pub asn_db: Option<toml::Spanned<PathBuf>>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawRdns {
-    pub enabled: bool,
-    pub servers: toml::Spanned<Vec<SocketAddr>>,
-    pub timeout_ms: u64,
-    pub cache_size: usize,
-}
-
-impl Default for RawRdns {
-    fn default() -> Self {
-        Self { enabled: false, servers: toml::Spanned::new(0..0, Vec::new()), timeout_ms: 1000, cache_size: 1024 }
-    }
 }
 
 /// The validated configuration.
@@ -283,13 +88,6 @@ pub struct Capture {
     pub services: Vec<String>,
     pub sshd_witness: bool,
     pub sshd: Vec<PathBuf>,
-}
-
-impl Capture {
-    /// What the loader attaches to.
-    pub fn targets(&self) -> crate::loader::Targets {
-        crate::loader::Targets { libpam: self.libpam.clone(), sshd: self.sshd.clone(), sshd_witness: self.sshd_witness }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -463,6 +261,18 @@ impl Config {
         })?;
         config.check_files()?;
         Ok(config)
+    }
+
+    /// Loads `path`, or else the default file if it exists, or else the defaults.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None if Path::new(DEFAULT_PATH).exists() => Config::load(Path::new(DEFAULT_PATH)),
+            None => {
+                tracing::info!(path = DEFAULT_PATH, "No config file; using the defaults.");
+                Ok(Config::default())
+            }
+        }
     }
 
     /// The databases named in the config exist and are readable.

@@ -5,13 +5,7 @@
 //! cache, the standard library directories, and the libpam mapped by running sshd processes.
 //! Copies of one file (the same inode through several paths) are attached once.
 
-use std::{
-    collections::HashSet,
-    fs,
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use aya::{
     programs::{uprobe::UProbeScope, UProbe},
@@ -20,22 +14,17 @@ use aya::{
 use notifier_common::names;
 use tracing::{debug, info, warn};
 
+mod discover;
+mod privileges;
+mod replaced;
 pub mod sshd;
+
+use discover::{check_given, find_libpam, sshd_processes};
+use privileges::{check_privileges, optional_capabilities_missing, permission_denied};
+pub use replaced::{handle_replaced, next_replaced, reattach, watch_libpam, LibpamWatch};
 
 /// The eBPF object, embedded once.
 static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/notifier"));
-
-/// Standard places for libpam, checked after the ldconfig cache.
-const STANDARD_PATHS: &[&str] = &[
-    "/lib/x86_64-linux-gnu/libpam.so.0",
-    "/usr/lib/x86_64-linux-gnu/libpam.so.0",
-    "/lib/aarch64-linux-gnu/libpam.so.0",
-    "/usr/lib/aarch64-linux-gnu/libpam.so.0",
-    "/usr/lib64/libpam.so.0",
-    "/lib64/libpam.so.0",
-    "/usr/lib/libpam.so.0",
-    "/lib/libpam.so.0",
-];
 
 /// One probe: which program goes on which libpam function, at entry or at return.
 struct ProbeSpec {
@@ -118,6 +107,12 @@ pub struct Targets {
     pub sshd_witness: bool,
 }
 
+impl From<&crate::config::Capture> for Targets {
+    fn from(c: &crate::config::Capture) -> Self {
+        Self { libpam: c.libpam.clone(), sshd: c.sshd.clone(), sshd_witness: c.sshd_witness }
+    }
+}
+
 /// Checks privileges and kernel support, finds libpam, loads the object and attaches every probe.
 pub fn load(want: &Targets) -> Result<Probes, LoadError> {
     let libpam = want.libpam.as_slice();
@@ -162,7 +157,7 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
         }
         Some(Err(reason)) => {
             return Err(LoadError::Tracepoint {
-                program: "sshd_fork",
+                program: "sshd_sched_process_fork",
                 event: "sched:sched_process_fork".into(),
                 reason,
             })
@@ -174,7 +169,7 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
         .override_global(names::TASK_OFFSETS, &offsets, true)
         .override_global(names::FORK_CHILD_PID, &fork_child_pid.unwrap_or(0), true)
         .load(OBJ)
-        .map_err(|e| match permission_error(&e) {
+        .map_err(|e| match permission_denied(&e) {
             true => LoadError::NotPrivileged { missing: "the kernel refused BPF (EPERM)".into() },
             false => LoadError::Load(e),
         })?;
@@ -266,286 +261,4 @@ fn attach_target(ebpf: &mut Ebpf, target: &Path) -> Result<usize, LoadError> {
         }
     }
     Ok(attached)
-}
-
-/// Attaches the probes to the file now at `path` (after a package upgrade replaced it). The
-/// probes on the old file stay, for processes that still map it.
-pub fn reattach(probes: &mut Probes, path: &Path) -> Result<usize, LoadError> {
-    let n = attach_target(&mut probes.ebpf, path)?;
-    match probes.attached.iter_mut().find(|(p, _)| p == path) {
-        Some((_, count)) => *count += n,
-        None => probes.attached.push((path.to_path_buf(), n)),
-    }
-    Ok(n)
-}
-
-/// Watches the directories of the attached libpam files. A package upgrade renames a new file over
-/// the old one; uprobes stay on the old inode, so new processes would go unseen. [`LibpamWatch::
-/// replaced`] reports such a path so the caller can [`reattach`].
-pub struct LibpamWatch {
-    stream: inotify::EventStream<[u8; 4096]>,
-    /// Watch descriptor of the directory, file name, path, and (device, inode) last attached.
-    files: Vec<(inotify::WatchDescriptor, std::ffi::OsString, PathBuf, (u64, u64))>,
-}
-
-impl LibpamWatch {
-    pub fn new(targets: &[PathBuf]) -> std::io::Result<Self> {
-        use inotify::{Inotify, WatchMask};
-        let inotify = Inotify::init()?;
-        let mut files = Vec::new();
-        for target in targets {
-            let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else { continue };
-            let meta = fs::metadata(target)?;
-            let wd = inotify.watches().add(dir, WatchMask::CREATE | WatchMask::MOVED_TO)?;
-            files.push((wd, name.to_owned(), target.clone(), (meta.dev(), meta.ino())));
-        }
-        Ok(Self { stream: inotify.into_event_stream([0u8; 4096])?, files })
-    }
-
-    /// Waits until one of the files is replaced by a different file; returns its path. Cancel-safe.
-    pub async fn replaced(&mut self) -> Option<PathBuf> {
-        use futures_util::StreamExt as _;
-        loop {
-            let event = self.stream.next().await?.ok()?;
-            let Some(name) = event.name else { continue };
-            for (wd, file, path, identity) in &mut self.files {
-                if *wd != event.wd || *file != name {
-                    continue;
-                }
-                let Ok(meta) = fs::metadata(&*path) else { continue };
-                if (meta.dev(), meta.ino()) != *identity && check_elf(path).is_ok() {
-                    *identity = (meta.dev(), meta.ino());
-                    return Some(path.clone());
-                }
-            }
-        }
-    }
-}
-
-/// Starts watching `probes`' libpam files; without inotify the daemon still runs, and says so.
-pub fn watch_libpam(probes: &Probes) -> Option<LibpamWatch> {
-    LibpamWatch::new(&probes.targets)
-        .map_err(|e| warn!(error = %e, "Cannot watch libpam for upgrades; restart notifier after a libpam upgrade."))
-        .ok()
-}
-
-/// The next replaced libpam, or never when there is no watch.
-pub async fn next_replaced(watch: &mut Option<LibpamWatch>) -> Option<PathBuf> {
-    match watch {
-        Some(w) => w.replaced().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Re-attaches after `path` was replaced, logging the outcome; returns the text for a health alert.
-pub fn handle_replaced(probes: &mut Probes, path: &Path) -> String {
-    match reattach(probes, path) {
-        Ok(n) => {
-            warn!(path = %path.display(), probes = n, "libpam was replaced (a package upgrade?); probes attached to the new file.");
-            format!(
-                "libpam at {} was replaced (a package upgrade?); notifier attached its probes to the new file",
-                path.display()
-            )
-        }
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "libpam was replaced and the probes could not attach to the new file; restart notifier.");
-            format!("libpam at {} was replaced and notifier could not attach to the new file ({e}); logins through it are not seen until notifier restarts", path.display())
-        }
-    }
-}
-
-fn permission_error(e: &aya::EbpfError) -> bool {
-    let text = format!("{e:?}");
-    text.contains("EPERM") || text.contains("PermissionDenied") || text.contains("Operation not permitted")
-}
-
-/// The attach failed with EACCES or EPERM somewhere down the error's source chain.
-fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(err) = cause {
-        let os = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error);
-        if matches!(os, Some(libc::EACCES | libc::EPERM)) {
-            return true;
-        }
-        cause = err.source();
-    }
-    false
-}
-
-/// Capability numbers from linux/capability.h.
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// CAP_SYS_ADMIN covers everything. CAP_BPF with CAP_PERFMON is let through, since some kernels
-/// accept uprobes with them; where the kernel refuses, [`attach_target`] names CAP_SYS_ADMIN.
-fn check_privileges() -> Result<(), LoadError> {
-    let Some(eff) = effective_caps() else {
-        return Ok(()); // Unknown: let the kernel decide, and map its EPERM.
-    };
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
-    }
-    Err(LoadError::NotPrivileged { missing: "CAP_SYS_ADMIN, to load the probes and attach them as uprobes".into() })
-}
-
-/// Capabilities that are useful but not required: what is lost without each, for one warning.
-fn optional_capabilities_missing() -> Vec<&'static str> {
-    let Some(eff) = effective_caps() else { return Vec::new() };
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
-    let mut missing = Vec::new();
-    if !has(CAP_SYS_PTRACE) {
-        missing.push(
-            "CAP_SYS_PTRACE is missing: the executable path of callers running as root (sshd, sudo) \
-             cannot be read from /proc, so events show exe=null (the trusted flag is unaffected), \
-             and libpam mapped by a running sshd in a container is not found",
-        );
-    }
-    missing
-}
-
-fn effective_caps() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
-    u64::from_str_radix(hex, 16).ok()
-}
-
-fn check_given(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
-    for p in paths {
-        if let Err(reason) = check_elf(p) {
-            return Err(LoadError::BadLibpam { path: p.display().to_string(), reason });
-        }
-    }
-    Ok(dedupe(paths.iter().cloned()))
-}
-
-/// Finds every distinct libpam on the host.
-fn find_libpam(sshd_procs: &[SshdProcess]) -> Result<Vec<PathBuf>, LoadError> {
-    let mut candidates: Vec<PathBuf> = ldconfig("libpam.so.0");
-    candidates.extend(STANDARD_PATHS.iter().map(PathBuf::from));
-    candidates.extend(sshd_mapped(sshd_procs, "/libpam.so"));
-    let found: Vec<PathBuf> = candidates.into_iter().filter(|p| check_elf(p).is_ok()).collect();
-    if found.is_empty() {
-        return Err(LoadError::LibpamNotFound { searched: STANDARD_PATHS.join(", ") });
-    }
-    Ok(dedupe(found.into_iter()))
-}
-
-/// Keeps the first path of each distinct file.
-fn dedupe(paths: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
-    let mut seen = HashSet::new();
-    paths
-        .filter(|p| match fs::metadata(p) {
-            Ok(m) => seen.insert((m.dev(), m.ino())),
-            Err(_) => false,
-        })
-        .collect()
-}
-
-/// A 64-bit ELF shared object for this machine: the only kind whose calling convention the probes
-/// read correctly.
-fn check_elf(path: &Path) -> Result<(), String> {
-    use std::io::Read as _;
-    let mut header = [0u8; 20];
-    let mut file = fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    file.read_exact(&mut header).map_err(|_| "not an ELF file".to_string())?;
-    if &header[..4] != b"\x7fELF" {
-        return Err("not an ELF file".into());
-    }
-    if header[4] != 2 {
-        return Err("not a 64-bit ELF object".into());
-    }
-    let machine = u16::from_le_bytes([header[18], header[19]]);
-    let ours = if cfg!(target_arch = "x86_64") {
-        62
-    } else if cfg!(target_arch = "aarch64") {
-        183
-    } else {
-        machine
-    };
-    if machine != ours {
-        return Err(format!("built for another architecture (e_machine {machine})"));
-    }
-    Ok(())
-}
-
-/// The paths of the library `soname` in the ldconfig cache.
-fn ldconfig(soname: &str) -> Vec<PathBuf> {
-    let output = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
-        .iter()
-        .find_map(|ldconfig| Command::new(ldconfig).arg("-p").output().ok());
-    let Some(output) = output else { return Vec::new() };
-    parse_ldconfig(&String::from_utf8_lossy(&output.stdout), soname)
-}
-
-/// The paths of `soname` in `ldconfig -p` output.
-fn parse_ldconfig(text: &str, soname: &str) -> Vec<PathBuf> {
-    text.lines()
-        .filter(|l| l.trim_start().strip_prefix(soname).is_some_and(|rest| rest.starts_with(' ')))
-        .filter_map(|l| l.split_once("=>").map(|(_, p)| PathBuf::from(p.trim())))
-        .collect()
-}
-
-/// A running process whose command name starts with `sshd` (sshd, sshd-session, sshd-auth, or an
-/// sshd started through a symlink of another name).
-pub(crate) struct SshdProcess {
-    pub pid: String,
-    pub comm: String,
-}
-
-/// The running sshd processes, from one walk of /proc.
-fn sshd_processes() -> Vec<SshdProcess> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-    let mut found = Vec::new();
-    for entry in dir.flatten() {
-        let pid = entry.file_name();
-        let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let comm = comm.trim();
-        if comm.starts_with("sshd") {
-            found.push(SshdProcess { pid: pid.to_string(), comm: comm.to_string() });
-        }
-    }
-    found
-}
-
-/// The files whose path contains `fragment` (`/libpam.so`, `/libc.so`) mapped by running `sshd`
-/// and `sshd-session` processes, reached through the process's root so that an sshd in another
-/// mount namespace (a container) is covered too.
-fn sshd_mapped(procs: &[SshdProcess], fragment: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for p in procs.iter().filter(|p| matches!(p.comm.as_str(), "sshd" | "sshd-session")) {
-        let maps = fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap_or_default();
-        for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
-            if path.contains(fragment) {
-                found.push(PathBuf::from(format!("/proc/{}/root{path}", p.pid)));
-            }
-        }
-    }
-    found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ldconfig_output() {
-        let text = "1234 libs found in cache `/etc/ld.so.cache'\n\
-            \tlibpamc.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpamc.so.0\n\
-            \tlibpam_misc.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpam_misc.so.0\n\
-            \tlibpam.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpam.so.0\n";
-        assert_eq!(parse_ldconfig(text, "libpam.so.0"), vec![PathBuf::from("/lib/x86_64-linux-gnu/libpam.so.0")]);
-    }
-
-    #[test]
-    fn rejects_non_elf_libpam() {
-        let dir = std::env::temp_dir().join(format!("notifier-elf-{}", std::process::id()));
-        fs::write(&dir, b"#!/bin/sh\n").unwrap();
-        assert_eq!(check_elf(&dir), Err("not an ELF file".to_string()));
-        fs::remove_file(&dir).unwrap();
-        assert!(check_elf(Path::new("/nonexistent/libpam.so.0")).unwrap_err().starts_with("cannot open"));
-    }
 }

@@ -23,7 +23,10 @@ use aya::{
 use notifier_common::names;
 use tracing::{debug, info, warn};
 
-use super::{check_elf, loaded_uprobe, LoadError, SshdProcess};
+use super::{
+    discover::{check_elf, dedupe, ldconfig, sshd_mapped, SshdProcess},
+    loaded_uprobe, LoadError,
+};
 
 /// Standard places for sshd and its helpers.
 const STANDARD_PATHS: &[&str] = &[
@@ -47,12 +50,14 @@ const HELPERS: &[&str] = &["sshd-session", "sshd-auth"];
 
 /// The tracepoints of the witness: (program, category, event). Scheduler tracepoints only: a
 /// `syscalls:` tracepoint would slow every system call on the host (see the probes' module).
-const TRACEPOINTS: &[(&str, &str, &str)] =
-    &[("sshd_fork", "sched", "sched_process_fork"), ("sshd_exit", "sched", "sched_process_exit")];
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sshd_sched_process_fork", "sched", "sched_process_fork"),
+    ("sshd_sched_process_exit", "sched", "sched_process_exit"),
+];
 
 /// The libc functions probed: (program, symbol).
 const LIBC_PROBES: &[(&str, &str)] =
-    &[("sshd_accept", "accept"), ("sshd_accept", "accept4"), ("sshd_setresuid", "setresuid")];
+    &[("sshd_enter_accept", "accept"), ("sshd_enter_accept", "accept4"), ("sshd_enter_setresuid", "setresuid")];
 
 /// Standard places for glibc.
 const LIBC_PATHS: &[&str] = &[
@@ -65,7 +70,7 @@ const LIBC_PATHS: &[&str] = &[
     "/usr/lib/libc.so.6",
 ];
 
-const SETLOGIN: &str = "sshd_setlogin";
+const SETLOGIN: &str = "sshd_enter_setlogin";
 
 /// The sshd binaries notifier watches.
 #[derive(Debug, Default)]
@@ -82,10 +87,10 @@ pub struct SshdTargets {
 
 /// Every distinct libc that sshd may use.
 fn find_libc(procs: &[SshdProcess]) -> Vec<PathBuf> {
-    let mut candidates = super::ldconfig("libc.so.6");
+    let mut candidates = ldconfig("libc.so.6");
     candidates.extend(LIBC_PATHS.iter().map(PathBuf::from));
-    candidates.extend(super::sshd_mapped(procs, "/libc.so"));
-    super::dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok()))
+    candidates.extend(sshd_mapped(procs, "/libc.so"));
+    dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok()))
 }
 
 /// Finds the sshd binaries: the given paths (each must be an ELF file), or every one on the host.
@@ -96,13 +101,13 @@ pub(crate) fn find(given: &[PathBuf], procs: &[SshdProcess]) -> Result<Vec<PathB
                 return Err(LoadError::BadSshd { path: p.display().to_string(), reason });
             }
         }
-        return Ok(super::dedupe(given.iter().cloned()));
+        return Ok(dedupe(given.iter().cloned()));
     }
     let running = running_executables(procs);
     let mut candidates: Vec<PathBuf> = STANDARD_PATHS.iter().map(PathBuf::from).collect();
     candidates.extend(running.iter().flat_map(|exe| helpers_beside(exe)));
     candidates.extend(running);
-    Ok(super::dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok())))
+    Ok(dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok())))
 }
 
 /// The executables of running sshd processes: the plain path for a process that shares our root,
@@ -159,7 +164,7 @@ pub(crate) fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>, procs: &[SshdProce
     }
     let libcs = find_libc(procs);
     if libcs.is_empty() {
-        return Err(program_error("sshd_accept", "no libc.so.6 found to probe accept() in"));
+        return Err(program_error("sshd_enter_accept", "no libc.so.6 found to probe accept() in"));
     }
     for (program, symbol) in LIBC_PROBES {
         let probe = loaded_uprobe(ebpf, program)?;

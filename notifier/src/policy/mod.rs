@@ -2,62 +2,19 @@
 //! then the learned history. Pure functions over plain data.
 
 pub mod bruteforce;
+pub mod judge;
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use judge::{BruteForceEvent, Judge, Judged, Judgement};
+
+pub use crate::verdict::Verdict;
 use crate::{
     config,
     state::history::{network_of, History},
 };
-
-/// What notifier concluded about a login (or an attack).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// The peer is in an allowlisted network.
-    Allowlisted,
-    /// This user has logged in from this IP before.
-    Known,
-    /// A new IP, on a network this user has used before.
-    NewIp,
-    /// A new /24 (IPv4) or /64 (IPv6) network for this user.
-    NewNetwork,
-    /// A new autonomous system for this user (needs an ASN database).
-    NewAsn,
-    /// A new country for this user (needs a country database).
-    NewCountry,
-    /// The first login seen for this user.
-    FirstLogin,
-    /// No remote peer: console, su, sudo.
-    Local,
-    /// Started by an untrusted process: the values may be forged.
-    Forged,
-    /// Repeated authentication failures from one IP.
-    BruteForce,
-    /// sshd logged a user in, but PAM, which that sshd uses, opened no session for the login: a
-    /// tampered PAM stack or sshd.
-    PamBypassed,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allowlisted => "allowlisted",
-            Self::Known => "known",
-            Self::NewIp => "new_ip",
-            Self::NewNetwork => "new_network",
-            Self::NewAsn => "new_asn",
-            Self::NewCountry => "new_country",
-            Self::FirstLogin => "first_login",
-            Self::Local => "local",
-            Self::Forged => "forged",
-            Self::BruteForce => "brute_force",
-            Self::PamBypassed => "pam_bypassed",
-        }
-    }
-}
 
 /// The facts about one login that the policy looks at.
 #[derive(Clone, Debug, PartialEq, Eq)]

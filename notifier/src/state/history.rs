@@ -18,10 +18,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Network;
+pub use crate::network::network_of;
+use crate::network::Network;
 
 pub const FILE: &str = "history.json";
 const LOCK: &str = "history.lock";
@@ -77,12 +77,6 @@ impl Default for History {
     fn default() -> Self {
         Self { version: VERSION, created: 0, users: BTreeMap::new(), allow: Allow::default() }
     }
-}
-
-/// The network a login's IP is grouped in: /24 for IPv4, /64 for IPv6.
-pub fn network_of(ip: IpAddr) -> IpNet {
-    let prefix = if ip.is_ipv4() { 24 } else { 64 };
-    IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
 }
 
 /// What one login teaches.

@@ -1,2 +1,3 @@
-//! Durable state: the learned login history.
+//! Durable state: the learned login history, and the alert spool's layout on disk.
 pub mod history;
+pub mod spool;

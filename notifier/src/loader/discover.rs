@@ -1,0 +1,163 @@
+//! Where the probes go: libpam given with `--libpam`, or found through the ldconfig cache, the
+//! standard library directories, and the libpam mapped by running sshd processes. Copies of one
+//! file (the same inode through several paths) are attached once.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use super::LoadError;
+
+/// Standard places for libpam, checked after the ldconfig cache.
+pub(super) const STANDARD_PATHS: &[&str] = &[
+    "/lib/x86_64-linux-gnu/libpam.so.0",
+    "/usr/lib/x86_64-linux-gnu/libpam.so.0",
+    "/lib/aarch64-linux-gnu/libpam.so.0",
+    "/usr/lib/aarch64-linux-gnu/libpam.so.0",
+    "/usr/lib64/libpam.so.0",
+    "/lib64/libpam.so.0",
+    "/usr/lib/libpam.so.0",
+    "/lib/libpam.so.0",
+];
+
+pub(super) fn check_given(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    for p in paths {
+        if let Err(reason) = check_elf(p) {
+            return Err(LoadError::BadLibpam { path: p.display().to_string(), reason });
+        }
+    }
+    Ok(dedupe(paths.iter().cloned()))
+}
+
+/// Finds every distinct libpam on the host.
+pub(super) fn find_libpam(sshd_procs: &[SshdProcess]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut candidates: Vec<PathBuf> = ldconfig("libpam.so.0");
+    candidates.extend(STANDARD_PATHS.iter().map(PathBuf::from));
+    candidates.extend(sshd_mapped(sshd_procs, "/libpam.so"));
+    let found: Vec<PathBuf> = candidates.into_iter().filter(|p| check_elf(p).is_ok()).collect();
+    if found.is_empty() {
+        return Err(LoadError::LibpamNotFound { searched: STANDARD_PATHS.join(", ") });
+    }
+    Ok(dedupe(found.into_iter()))
+}
+
+/// Keeps the first path of each distinct file.
+pub(super) fn dedupe(paths: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    paths
+        .filter(|p| match fs::metadata(p) {
+            Ok(m) => seen.insert((m.dev(), m.ino())),
+            Err(_) => false,
+        })
+        .collect()
+}
+
+/// A 64-bit ELF shared object for this machine: the only kind whose calling convention the probes
+/// read correctly.
+pub(super) fn check_elf(path: &Path) -> Result<(), String> {
+    use std::io::Read as _;
+    let mut header = [0u8; 20];
+    let mut file = fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    file.read_exact(&mut header).map_err(|_| "not an ELF file".to_string())?;
+    if &header[..4] != b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    if header[4] != 2 {
+        return Err("not a 64-bit ELF object".into());
+    }
+    let machine = u16::from_le_bytes([header[18], header[19]]);
+    let ours = if cfg!(target_arch = "x86_64") {
+        62
+    } else if cfg!(target_arch = "aarch64") {
+        183
+    } else {
+        machine
+    };
+    if machine != ours {
+        return Err(format!("built for another architecture (e_machine {machine})"));
+    }
+    Ok(())
+}
+
+/// The paths of the library `soname` in the ldconfig cache.
+pub(super) fn ldconfig(soname: &str) -> Vec<PathBuf> {
+    let output = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
+        .iter()
+        .find_map(|ldconfig| Command::new(ldconfig).arg("-p").output().ok());
+    let Some(output) = output else { return Vec::new() };
+    parse_ldconfig(&String::from_utf8_lossy(&output.stdout), soname)
+}
+
+/// The paths of `soname` in `ldconfig -p` output.
+fn parse_ldconfig(text: &str, soname: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter(|l| l.trim_start().strip_prefix(soname).is_some_and(|rest| rest.starts_with(' ')))
+        .filter_map(|l| l.split_once("=>").map(|(_, p)| PathBuf::from(p.trim())))
+        .collect()
+}
+
+/// A running process whose command name starts with `sshd` (sshd, sshd-session, sshd-auth, or an
+/// sshd started through a symlink of another name).
+pub(crate) struct SshdProcess {
+    pub pid: String,
+    pub comm: String,
+}
+
+/// The running sshd processes, from one walk of /proc.
+pub(super) fn sshd_processes() -> Vec<SshdProcess> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if comm.starts_with("sshd") {
+            found.push(SshdProcess { pid: pid.to_string(), comm: comm.to_string() });
+        }
+    }
+    found
+}
+
+/// The files whose path contains `fragment` (`/libpam.so`, `/libc.so`) mapped by running `sshd`
+/// and `sshd-session` processes, reached through the process's root so that an sshd in another
+/// mount namespace (a container) is covered too.
+pub(super) fn sshd_mapped(procs: &[SshdProcess], fragment: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for p in procs.iter().filter(|p| matches!(p.comm.as_str(), "sshd" | "sshd-session")) {
+        let maps = fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap_or_default();
+        for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+            if path.contains(fragment) {
+                found.push(PathBuf::from(format!("/proc/{}/root{path}", p.pid)));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ldconfig_output() {
+        let text = "1234 libs found in cache `/etc/ld.so.cache'\n\
+            \tlibpamc.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpamc.so.0\n\
+            \tlibpam_misc.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpam_misc.so.0\n\
+            \tlibpam.so.0 (libc6,x86-64) => /lib/x86_64-linux-gnu/libpam.so.0\n";
+        assert_eq!(parse_ldconfig(text, "libpam.so.0"), vec![PathBuf::from("/lib/x86_64-linux-gnu/libpam.so.0")]);
+    }
+
+    #[test]
+    fn rejects_non_elf_libpam() {
+        let dir = std::env::temp_dir().join(format!("notifier-elf-{}", std::process::id()));
+        fs::write(&dir, b"#!/bin/sh\n").unwrap();
+        assert_eq!(check_elf(&dir), Err("not an ELF file".to_string()));
+        fs::remove_file(&dir).unwrap();
+        assert!(check_elf(Path::new("/nonexistent/libpam.so.0")).unwrap_err().starts_with("cannot open"));
+    }
+}

@@ -1,0 +1,189 @@
+//! The stages that `run` adds to capture: enrich, policy, alert, with their settings, their
+//! reload, and notifier's own health alerts.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    alert::{self, dispatch::Dispatcher, spool::SinkHealth, AlertKind},
+    clock,
+    config::Config,
+    enrich::{geo::GeoDb, rdns::Rdns, Enricher},
+    event::LostEvent,
+    loader::{LoadError, Probes},
+    metrics::Metrics,
+    policy::Judge,
+    state::history::Store,
+};
+
+/// enrich -> policy -> alert, as `run` configures them.
+pub struct Daemon {
+    pub config: Config,
+    /// `--config`, read again on SIGHUP.
+    config_path: Option<PathBuf>,
+    pub enricher: Enricher,
+    pub rdns: Option<Rdns>,
+    pub judge: Judge,
+    pub dispatcher: Dispatcher,
+    pub metrics: Arc<Metrics>,
+    host: String,
+    /// Sinks already reported as failing.
+    failing_reported: BTreeSet<String>,
+    /// Loss can go on for a while: at most one health alert about it per cooldown.
+    loss_alerted: Option<Instant>,
+}
+
+impl Daemon {
+    /// Opens the databases and the history, serves the metrics, and starts the sinks' tasks.
+    pub async fn start(config: Config, config_path: Option<PathBuf>, host: String) -> anyhow::Result<Self> {
+        let geo = GeoDb::open(&config.geoip)?;
+        if geo.is_empty() {
+            info!("GeoIP enrichment is off: no geoip.country_db or geoip.asn_db in the config.");
+        }
+        let store = Store::open(&config.state_dir, clock::unix_now())?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.lost(&LostEvent::default());
+        if config.metrics.enabled {
+            crate::metrics::serve(config.metrics.listen, metrics.clone(), config.state_dir.clone()).await?;
+        }
+        let dispatcher =
+            Dispatcher::start(&config.sinks, &config.alerts, &config.state_dir, host.clone(), metrics.clone())?;
+        if dispatcher.is_empty() {
+            info!("No [[sink]] configured: alerts are only marked in the output.");
+        }
+        Ok(Daemon {
+            enricher: Enricher::new(geo),
+            rdns: Rdns::new(&config.rdns),
+            judge: Judge::new(&config, store, host.clone()),
+            dispatcher,
+            metrics,
+            host,
+            config,
+            config_path,
+            failing_reported: BTreeSet::new(),
+            loss_alerted: None,
+        })
+    }
+
+    /// The probes could not be attached: says so through the sinks before the daemon exits.
+    pub async fn start_failed(self, e: &LoadError) {
+        if self.config.alerts.health_attach && !self.dispatcher.is_empty() {
+            let mut dispatcher = self.dispatcher;
+            let text = format!("notifier could not start watching logins: {e}");
+            dispatcher.submit(alert::internal_alert(AlertKind::Health, &self.host, text));
+            dispatcher.shutdown(Duration::from_secs(10)).await;
+        }
+    }
+
+    fn health(&mut self, text: String) {
+        self.dispatcher.submit(alert::internal_alert(AlertKind::Health, &self.host, text));
+    }
+
+    /// A libpam was replaced and the probes re-attached (`text` says how it went).
+    pub fn reattached(&mut self, probes: &Probes, text: String) {
+        self.attached(probes);
+        if self.config.alerts.health_attach {
+            self.health(text);
+        }
+    }
+
+    pub fn attached(&self, probes: &Probes) {
+        for (path, n) in &probes.attached {
+            self.metrics.attached(path, *n);
+        }
+    }
+
+    /// A sink's task reports failing deliveries: one health alert per sink past the threshold.
+    pub fn sink_health(&mut self, h: SinkHealth) {
+        let threshold = self.config.alerts.health_sink_failing;
+        if !threshold.is_zero() && h.failing_for >= threshold && self.failing_reported.insert(h.sink.clone()) {
+            let text =
+                format!("alert sink {} has been failing for {} s: {}", h.sink, h.failing_for.as_secs(), h.last_error);
+            self.health(text);
+        }
+    }
+
+    /// Events were lost: a health alert, at most one per cooldown.
+    pub fn lost(&mut self, lost: &LostEvent) {
+        let alerts = &self.config.alerts;
+        let quiet = self.loss_alerted.is_none_or(|at| at.elapsed() >= alerts.cooldown);
+        if alerts.health_events_lost && quiet {
+            self.loss_alerted = Some(Instant::now());
+            let text = format!(
+                "{} login event(s) were lost in the kernel or the session table ({} in all)",
+                lost.lost, lost.total
+            );
+            self.health(text);
+        }
+    }
+
+    /// Says that logins are no longer watched, and gives pending alerts a moment; what is left
+    /// stays spooled for the next start.
+    pub async fn stop(mut self) {
+        if self.config.alerts.health_stopping {
+            self.health("notifier is stopping: logins are no longer watched".into());
+        }
+        self.dispatcher.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// SIGHUP: reads the config again and applies it, or keeps the running one.
+    pub fn reload(&mut self) {
+        match self.apply(self.config_path.clone().as_deref()) {
+            Ok(()) => {
+                self.metrics.reload(true);
+                info!("Config reloaded.");
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                warn!("Config reload failed; still running on the previous config: {e:#}");
+            }
+        }
+    }
+
+    /// Everything that can fail is built before anything is swapped, so a bad config leaves the
+    /// running one untouched. The probes stay attached throughout: events that arrive meanwhile
+    /// wait in the ring buffer.
+    fn apply(&mut self, path: Option<&Path>) -> anyhow::Result<()> {
+        let mut new = Config::load_or_default(path)?;
+        let geo = GeoDb::open(&new.geoip)?;
+        // What cannot change while running keeps its old value, with a warning.
+        let old = &self.config;
+        let fixed = [
+            ("state_dir", new.state_dir != old.state_dir),
+            ("host", new.host != old.host),
+            ("capture.libpam", new.capture.libpam != old.capture.libpam),
+            ("capture.sshd", new.capture.sshd != old.capture.sshd),
+            ("capture.sshd_witness", new.capture.sshd_witness != old.capture.sshd_witness),
+            ("metrics", new.metrics != old.metrics),
+        ];
+        for (key, _) in fixed.iter().filter(|(_, changed)| *changed) {
+            warn!(key, "This setting changed, but takes effect only after a restart (systemctl restart notifier).");
+        }
+        new.state_dir.clone_from(&old.state_dir);
+        new.host.clone_from(&old.host);
+        new.capture.libpam.clone_from(&old.capture.libpam);
+        new.capture.sshd.clone_from(&old.capture.sshd);
+        new.capture.sshd_witness = old.capture.sshd_witness;
+        new.metrics = old.metrics;
+        if new.sinks != old.sinks || new.alerts != old.alerts {
+            // On this single-threaded runtime the new tasks first run after this returns, when
+            // the old ones are already aborted; they then load what the old ones left spooled.
+            let fresh =
+                Dispatcher::start(&new.sinks, &new.alerts, &new.state_dir, self.host.clone(), self.metrics.clone())?;
+            std::mem::replace(&mut self.dispatcher, fresh).abort();
+        }
+        if new.rdns != self.config.rdns {
+            self.rdns = Rdns::new(&new.rdns);
+        }
+        self.judge.reconfigure(&new);
+        self.enricher.geo = geo;
+        self.config = new;
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! The one event loop, shared by `watch` and `run`:
+//!
+//! ```text
+//! kernel -> source -> capture -> [service filter] -> enrich -> policy -> alert
+//!                                                                     -> output (stdout)
+//! ```
+//!
+//! `watch` is this pipeline without enrich, policy and alert ([`Daemon`] absent). Every stage is
+//! called through its named entry point in [`Pipeline::process`]; signals (stop, SIGHUP reload),
+//! timers (capture's holds, the alert summary, the systemd watchdog), a replaced libpam, sink
+//! health and loss reports are handled here and nowhere else.
+
+mod daemon;
+mod loss;
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{info, warn};
+
+pub use daemon::Daemon;
+use loss::LossTracker;
+
+use crate::{
+    alert, capture, clock,
+    event::{Format, LoginEvent},
+    loader::{self, Probes},
+    output::{Output, Stdout},
+    policy::Judgement,
+    procinfo::HostContext,
+    service,
+    source::Source,
+};
+
+/// What runs after capture.
+pub struct Pipeline {
+    /// `watch --service`: only these PAM services (empty: all). `run` reads `capture.services`.
+    services: Vec<String>,
+    daemon: Option<Daemon>,
+    stdout: Stdout,
+}
+
+impl Pipeline {
+    /// `watch`: capture and output only.
+    pub fn watch(format: Format, services: Vec<String>) -> Self {
+        Self { services, daemon: None, stdout: Stdout::new(format) }
+    }
+
+    /// `run`: every stage.
+    pub fn run(format: Format, daemon: Daemon) -> Self {
+        Self { services: Vec::new(), daemon: Some(daemon), stdout: Stdout::new(format) }
+    }
+
+    fn wanted(&self, e: &LoginEvent) -> bool {
+        let services = self.daemon.as_ref().map_or(&self.services, |d| &d.config.capture.services);
+        services.is_empty() || e.service.as_ref().is_some_and(|s| services.contains(s))
+    }
+
+    /// The chain, for one batch of captured events: filter, enrich, judge, alert, output.
+    /// False when stdout was closed.
+    fn process(&mut self, events: &mut Vec<LoginEvent>) -> anyhow::Result<bool> {
+        let mut events = std::mem::take(events);
+        events.retain(|e| self.wanted(e));
+        let Some(d) = &mut self.daemon else {
+            for e in events {
+                if !self.stdout.emit(Output::Captured(Box::new(e)), None)? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        };
+        let enriched = events.into_iter().map(|e| d.enricher.enrich(e)).collect();
+        for judgement in d.judge.judge(enriched, clock::unix_now()) {
+            if let Some(a) = alert::for_judgement(&judgement) {
+                d.dispatcher.submit(a);
+            }
+            count(d, &judgement);
+            if !self.stdout.emit(Output::Judged(judgement), d.rdns.as_ref())? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Streams events until SIGINT or SIGTERM, or until stdout is closed. What is already in the
+    /// ring when a stop is asked for is delivered first.
+    pub async fn run_until_stopped(mut self, mut probes: Probes, ctx: HostContext) -> anyhow::Result<()> {
+        let mut source = Source::new(&mut probes)?;
+        let mut capture = capture::live(ctx, probes.sshd.ids.clone());
+        if let Some(d) = &self.daemon {
+            d.attached(&probes);
+        }
+        let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        // Only `run` reloads; `watch` keeps SIGHUP's default (a closed terminal ends it).
+        let mut sighup: Option<Signal> = match self.daemon {
+            Some(_) => Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?),
+            None => None,
+        };
+        service::ready("watching PAM logins");
+        // Only under systemd with WatchdogSec=: no timer otherwise, so an idle daemon never wakes.
+        let mut watchdog = service::watchdog_interval().map(tokio::time::interval);
+        let mut libpam = loader::watch_libpam(&probes);
+        let mut records = Vec::with_capacity(256);
+        let mut events = Vec::with_capacity(64);
+        let mut losses = LossTracker::default();
+        let mut records_counted = 0;
+        let mut stopping = false;
+        while !stopping || self.stdout.has_pending() {
+            let capture_due = capture.next_deadline();
+            let summary_due = self.daemon.as_ref().and_then(|d| d.dispatcher.summary_due());
+            // Disjoint borrows for the branches below (an async block would borrow all of `self`).
+            let (daemon, stdout) = (&mut self.daemon, &mut self.stdout);
+            tokio::select! {
+                biased;
+                _ = sleep_until(capture_due), if capture_due.is_some() => {
+                    capture.tick(clock::boot_now_ns(), &mut events);
+                }
+                _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                    service::watchdog();
+                    continue;
+                }
+                _ = sleep_until(summary_due), if summary_due.is_some() => {
+                    if let Some(d) = daemon.as_mut() {
+                        d.dispatcher.roll();
+                    }
+                    continue;
+                }
+                Some(path) = loader::next_replaced(&mut libpam) => {
+                    let text = loader::handle_replaced(&mut probes, &path);
+                    if let Some(d) = daemon.as_mut() {
+                        d.reattached(&probes, text);
+                    }
+                    continue;
+                }
+                Some(h) = async { daemon.as_mut()?.dispatcher.health.recv().await } => {
+                    if let Some(d) = daemon.as_mut() {
+                        d.sink_health(h);
+                    }
+                    continue;
+                }
+                Some(out) = stdout.next_ready(), if stdout.has_pending() => {
+                    if !(stdout.write_ready(&out)? && stdout.flush()?) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Some(()) = async { sighup.as_mut()?.recv().await }, if !stopping => {
+                    service::reloading();
+                    if let Some(d) = daemon.as_mut() {
+                        d.reload();
+                    }
+                    service::ready("watching PAM logins");
+                    continue;
+                }
+                res = source.next_batch(&mut records), if !stopping => res.context("reading the ring buffer")?,
+                _ = sigterm.recv(), if !stopping => stopping = true,
+                _ = sigint.recv(), if !stopping => stopping = true,
+            }
+            if stopping {
+                service::stopping();
+                // Deliver what is already in the ring before exiting.
+                source.drain(&mut records);
+            }
+            if let Some(d) = &self.daemon {
+                d.metrics.records.inc_by(source.records - records_counted);
+            }
+            records_counted = source.records;
+            for record in records.drain(..) {
+                capture.push(&record, &mut events);
+            }
+            if stopping {
+                capture.tick(u64::MAX, &mut events);
+            }
+            if !self.process(&mut events)? {
+                return Ok(());
+            }
+            if let Some(lost) = losses.check(&source, capture.evicted())? {
+                if let Some(d) = &mut self.daemon {
+                    d.lost(&lost);
+                    d.metrics.lost(&lost);
+                }
+                if !self.stdout.emit(Output::Lost(lost), None)? {
+                    return Ok(());
+                }
+            }
+            if !self.stdout.flush()? {
+                return Ok(());
+            }
+        }
+        if let Some(d) = self.daemon {
+            d.stop().await;
+        }
+        if source.decode_errors > 0 {
+            warn!(count = source.decode_errors, "Some kernel records could not be decoded.");
+        }
+        drop(source);
+        drop(probes);
+        info!("Stopped; probes detached.");
+        Ok(())
+    }
+}
+
+/// Sleeps until `at` (a branch guard keeps `None` from being polled).
+async fn sleep_until(at: Option<Instant>) {
+    tokio::time::sleep_until(at.unwrap_or_else(Instant::now).into()).await;
+}
+
+/// Counts what is about to be written.
+fn count(d: &Daemon, j: &Judgement) {
+    match j {
+        Judgement::Login(j) => {
+            d.metrics.event(j.login.event.as_str());
+            if let Some(v) = j.verdict {
+                d.metrics.verdict(v.as_str());
+            }
+        }
+        Judgement::BruteForce(b) => {
+            d.metrics.event(b.event);
+            d.metrics.verdict(b.verdict.as_str());
+        }
+    }
+}
