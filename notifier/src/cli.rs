@@ -102,11 +102,7 @@ impl WatchArgs {
     }
 
     pub fn format(&self) -> Format {
-        if self.json {
-            Format::Json
-        } else {
-            Format::Text
-        }
+        format(self.json)
     }
 }
 
@@ -122,11 +118,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn format(&self) -> Format {
-        if self.json {
-            Format::Json
-        } else {
-            Format::Text
-        }
+        format(self.json)
     }
 }
 
@@ -166,4 +158,13 @@ pub enum KnownCommand {
         /// What to forget; everything about the user when absent.
         entry: Option<String>,
     },
+}
+
+/// `--json` or text.
+fn format(json: bool) -> Format {
+    if json {
+        Format::Json
+    } else {
+        Format::Text
+    }
 }
