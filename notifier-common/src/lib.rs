@@ -16,14 +16,25 @@ use core::mem::size_of;
 
 /// Map and global names, shared so that userspace never types a name twice.
 pub mod names {
-    /// Ring buffer of [`crate::EventHeader`] + payload records.
+    /// Ring buffer of [`crate::EventHeader`] + payload records from root callers ([`crate::lane::ROOT`]).
     pub const EVENTS: &str = "EVENTS";
+    /// Ring buffer of the records of every other caller ([`crate::lane::USER`]), so that no
+    /// unprivileged flood can take the capacity that root's logins need.
+    pub const EVENTS_USER: &str = "EVENTS_USER";
     /// Per-CPU counters of events that could not be delivered, indexed by [`crate::lost`].
     pub const LOST: &str = "LOST";
-    /// LRU hash: [`crate::HandleKey`] -> [`crate::HandleState`], one entry per live PAM handle.
+    /// LRU hash: [`crate::HandleKey`] -> [`crate::HandleState`], one entry per live PAM handle of a
+    /// root caller.
     pub const HANDLES: &str = "HANDLES";
-    /// LRU hash: [`crate::InflightKey`] -> [`crate::Inflight`], arguments saved between entry and return.
+    /// The same for every other caller.
+    pub const HANDLES_USER: &str = "HANDLES_USER";
+    /// LRU hash: [`crate::InflightKey`] -> [`crate::Inflight`], arguments saved between entry and
+    /// return, for root callers.
     pub const INFLIGHT: &str = "INFLIGHT";
+    /// The same for every other caller.
+    pub const INFLIGHT_USER: &str = "INFLIGHT_USER";
+    /// LRU hash: real uid -> [`crate::Budget`], the records each unprivileged real uid may still emit.
+    pub const BUDGET: &str = "BUDGET";
     /// Global `TaskOffsets`, filled by the loader from the kernel's BTF.
     pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
     /// Global `u32`: offset of `child_pid` in `sched:sched_process_fork` records, from its format.
@@ -39,8 +50,28 @@ pub mod names {
     pub const SSHD_CONNS: &str = "SSHD_CONNS";
 }
 
-/// Size of the ring buffer, in bytes (a power-of-two multiple of the page size).
+/// Size of the root callers' ring buffer, in bytes (a power-of-two multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 21;
+/// Size of the other callers' ring buffer, in bytes.
+pub const RING_USER_BYTES: u32 = 1 << 20;
+/// Records per second that the callers of one unprivileged real uid may emit, on average, and in
+/// a burst. Beyond that their records are counted ([`lost::BUDGET`]), not emitted. A `sudo` or
+/// `su` session takes about 10 records.
+pub const USER_RECORDS_PER_SEC: u64 = 2_000;
+pub const USER_RECORDS_BURST: u64 = 8_000;
+/// Real uids whose budget is tracked at once (LRU).
+pub const MAX_BUDGET_UIDS: u32 = 4_096;
+
+/// Which capacity a record uses. A root caller (real uid 0: sshd, cron, login, systemd, and su or
+/// sudo when root runs them) has its own ring, handle and in-flight maps; every other caller
+/// (a user's own processes, and setuid programs a user starts) shares the others, within a budget
+/// per real uid. The real uid is what a user cannot change: a setuid-root program keeps its
+/// caller's.
+pub mod lane {
+    pub const ROOT: u32 = 0;
+    pub const USER: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
 /// Entries in the per-handle LRU map: the most PAM transactions that can be open at once.
 pub const MAX_HANDLES: u32 = 16_384;
 /// Entries in the entry->return argument map: the most PAM calls in flight at once.
@@ -152,8 +183,17 @@ pub mod lost {
     pub const READ_FAILED: u32 = 3;
     /// A return probe fired with no saved entry (evicted or attached mid-call).
     pub const NO_ENTRY: u32 = 4;
-    /// Number of counters.
-    pub const COUNT: u32 = 5;
+    /// An unprivileged real uid was over its budget ([`crate::USER_RECORDS_PER_SEC`]).
+    pub const BUDGET: u32 = 5;
+    /// Number of causes.
+    pub const COUNT: u32 = 6;
+    /// Entries in the `LOST` array: one counter per cause and [`crate::lane`].
+    pub const SLOTS: u32 = COUNT * crate::lane::COUNT;
+
+    /// The `LOST` index of `cause` in `lane`.
+    pub const fn index(lane: u32, cause: u32) -> u32 {
+        lane * COUNT + cause
+    }
 }
 
 /// The fixed part of every ring buffer record. The string payload (if any) follows it directly and
@@ -234,6 +274,15 @@ pub struct HandleState {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<HandleState>() == 16);
+
+/// A token bucket: what one real uid may still emit, and when it was last refilled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub tokens: u64,
+    pub refilled_ns: u64,
+}
+const _: () = assert!(size_of::<Budget>() == 16);
 
 /// Which function an in-flight entry belongs to.
 pub mod func {

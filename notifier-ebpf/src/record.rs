@@ -12,22 +12,37 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use notifier_common::{
-    kind, lost, str_flags, task_flags, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey, SshdAccepted,
-    SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_HANDLES, MAX_INFLIGHT, MAX_SSHD_CONNS, MAX_SSHD_LISTENERS,
-    RING_BYTES,
+    kind, lane, lost, str_flags, task_flags, Budget, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey,
+    SshdAccepted, SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_BUDGET_UIDS, MAX_HANDLES, MAX_INFLIGHT,
+    MAX_SSHD_CONNS, MAX_SSHD_LISTENERS, RING_BYTES, RING_USER_BYTES, USER_RECORDS_BURST, USER_RECORDS_PER_SEC,
 };
+
+// Two of each map that callers fill: one for root callers, one for everyone else (see
+// `notifier_common::lane`), so that no unprivileged caller can take the capacity root's logins use.
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
+pub static EVENTS_USER: RingBuf = RingBuf::with_byte_size(RING_USER_BYTES, 0);
+
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::SLOTS, 0);
 
 #[map]
 pub static HANDLES: LruHashMap<HandleKey, HandleState> = LruHashMap::with_max_entries(MAX_HANDLES, 0);
 
 #[map]
+pub static HANDLES_USER: LruHashMap<HandleKey, HandleState> = LruHashMap::with_max_entries(MAX_HANDLES, 0);
+
+#[map]
 pub static INFLIGHT: LruHashMap<InflightKey, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map]
+pub static INFLIGHT_USER: LruHashMap<InflightKey, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map]
+static BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(MAX_BUDGET_UIDS, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
@@ -46,9 +61,53 @@ pub static SSHD_CONNS: LruHashMap<u32, SshdConn> = LruHashMap::with_max_entries(
 #[unsafe(no_mangle)]
 static TASK_OFFSETS: TaskOffsets = TaskOffsets::zeroed();
 
+/// The lane of the current task: root callers (real uid 0) have their own capacity.
 #[inline(always)]
-pub fn count_lost(reason: u32) {
-    if let Some(counter) = LOST.get_ptr_mut(reason) {
+pub fn current_lane() -> u32 {
+    if bpf_get_current_uid_gid() as u32 == 0 {
+        lane::ROOT
+    } else {
+        lane::USER
+    }
+}
+
+/// The handle map of `lane`.
+#[inline(always)]
+pub fn handles(lane: u32) -> &'static LruHashMap<HandleKey, HandleState> {
+    if lane == lane::ROOT {
+        &HANDLES
+    } else {
+        &HANDLES_USER
+    }
+}
+
+/// Takes one record from the budget of the unprivileged real uid `uid`; false when it has none
+/// left. Concurrent callers of one uid may race on the bucket and get a few records more: a bound
+/// on a flood, not an exact count.
+#[inline(always)]
+fn take_budget(uid: u32, now_ns: u64) -> bool {
+    let Some(bucket) = BUDGET.get_ptr_mut(uid) else {
+        let fresh = Budget { tokens: USER_RECORDS_BURST - 1, refilled_ns: now_ns };
+        let _ = BUDGET.insert(uid, fresh, 0);
+        return true;
+    };
+    // SAFETY: the pointer is to a live map value; see above for races.
+    let b = unsafe { &mut *bucket };
+    let earned = now_ns.saturating_sub(b.refilled_ns) / (1_000_000_000 / USER_RECORDS_PER_SEC);
+    if earned > 0 {
+        b.tokens = (b.tokens + earned).min(USER_RECORDS_BURST);
+        b.refilled_ns = now_ns;
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
+}
+
+#[inline(always)]
+pub fn count_lost(lane: u32, reason: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(lost::index(lane, reason)) {
         // SAFETY: the pointer is to this CPU's slot of a per-CPU array, which only this program
         // instance touches while it runs (programs are not preempted on a CPU).
         unsafe { *counter += 1 };
@@ -73,22 +132,37 @@ fn kread<T>(base: u64, off: u32) -> Option<T> {
 /// A record being built in this CPU's scratch slot.
 pub struct Record {
     event: *mut Event,
+    lane: u32,
 }
 
 impl Record {
-    /// Starts a record of `kind` for `handle`, filling in everything known about the caller.
+    /// Starts a record of `kind` for `handle`, filling in everything known about the caller, in
+    /// the caller's lane. `None` when the caller's real uid is over its budget (counted).
     #[inline(always)]
     pub fn new(kind: u32, handle: u64) -> Option<Self> {
+        Self::in_lane(current_lane(), kind, handle)
+    }
+
+    /// The same in `lane`: the sshd witness's records are root's, whichever process of a root
+    /// listener's connection (the unprivileged pre-auth child too) they come from.
+    #[inline(always)]
+    pub fn in_lane(lane: u32, kind: u32, handle: u64) -> Option<Self> {
+        let uid_gid = bpf_get_current_uid_gid();
+        // SAFETY: helper without preconditions.
+        let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+        if lane == lane::USER && !take_budget(uid_gid as u32, ts_ns) {
+            count_lost(lane, lost::BUDGET);
+            return None;
+        }
         let event = SCRATCH.get_ptr_mut(0)?;
         // SAFETY: the scratch slot is this CPU's and is valid for the whole program run.
         let h = unsafe { &mut (*event).header };
         let pid_tgid = bpf_get_current_pid_tgid();
         *h = EventHeader {
             kind,
-            // SAFETY: helper without preconditions.
-            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+            ts_ns,
             pid_tgid,
-            uid_gid: bpf_get_current_uid_gid(),
+            uid_gid,
             handle,
             comm: bpf_get_current_comm().unwrap_or_default(),
             ..EventHeader::default()
@@ -101,7 +175,12 @@ impl Record {
                 h.owner_tgid = state.owner_tgid;
             }
         }
-        Some(Self { event })
+        Some(Self { event, lane })
+    }
+
+    #[inline(always)]
+    pub fn lane(&self) -> u32 {
+        self.lane
     }
 
     #[inline(always)]
@@ -145,7 +224,7 @@ impl Record {
             }
             Err(_) => {
                 event.header.str_flags |= str_flags::READ_FAILED;
-                count_lost(lost::READ_FAILED);
+                count_lost(self.lane, lost::READ_FAILED);
             }
         }
     }
@@ -178,14 +257,16 @@ impl Record {
                 | kind::SSHD_UID
                 | kind::SSHD_EXIT
         );
-        let backlog = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-        let flags = if completes || backlog >= u64::from(RING_BYTES / 4) {
+        let (ring, ring_bytes) =
+            if self.lane == lane::ROOT { (&EVENTS, RING_BYTES) } else { (&EVENTS_USER, RING_USER_BYTES) };
+        let backlog = ring.query(u64::from(BPF_RB_AVAIL_DATA));
+        let flags = if completes || backlog >= u64::from(ring_bytes / 4) {
             u64::from(BPF_RB_FORCE_WAKEUP)
         } else {
             u64::from(BPF_RB_NO_WAKEUP)
         };
-        if EVENTS.output::<[u8]>(bytes, flags).is_err() {
-            count_lost(lost::RING_FULL);
+        if ring.output::<[u8]>(bytes, flags).is_err() {
+            count_lost(self.lane, lost::RING_FULL);
         }
     }
 }
@@ -263,45 +344,56 @@ fn fill_task(h: &mut EventHeader) {
 }
 
 /// Finds the state of `handle` in the caller's process, or else in its parent's (a forked child,
-/// such as sshd's keyboard-interactive helper, uses its parent's handle).
+/// such as sshd's keyboard-interactive helper, uses its parent's handle). Both lanes are looked
+/// in: a child that dropped root's privileges still belongs to its parent's session.
 #[inline(always)]
 fn find_handle(tgid: u32, ppid: u32, handle: u64) -> Option<HandleState> {
-    let key = HandleKey { tgid, _pad: 0, handle };
-    // SAFETY: the value is copied out at once.
-    if let Some(state) = unsafe { HANDLES.get(key) } {
-        return Some(*state);
+    for owner in [tgid, ppid] {
+        if owner == 0 {
+            continue;
+        }
+        let key = HandleKey { tgid: owner, _pad: 0, handle };
+        // SAFETY: the values are copied out at once.
+        if let Some(state) = unsafe { HANDLES.get(key) }.or_else(|| unsafe { HANDLES_USER.get(key) }) {
+            return Some(*state);
+        }
     }
-    if ppid == 0 {
-        return None;
+    None
+}
+
+/// The in-flight map of `lane`.
+#[inline(always)]
+fn inflight(lane: u32) -> &'static LruHashMap<InflightKey, Inflight> {
+    if lane == lane::ROOT {
+        &INFLIGHT
+    } else {
+        &INFLIGHT_USER
     }
-    let key = HandleKey { tgid: ppid, _pad: 0, handle };
-    // SAFETY: as above.
-    unsafe { HANDLES.get(key) }.copied()
 }
 
 /// Saves arguments at a function's entry for its return probe.
 #[inline(always)]
 pub fn save_inflight(func: u32, args: Inflight) {
+    let lane = current_lane();
     let key = InflightKey { pid_tgid: bpf_get_current_pid_tgid(), func, _pad: 0 };
-    if INFLIGHT.insert(key, args, 0).is_err() {
-        count_lost(lost::INFLIGHT_FULL);
+    if inflight(lane).insert(key, args, 0).is_err() {
+        count_lost(lane, lost::INFLIGHT_FULL);
     }
 }
 
-/// Takes the arguments saved at entry by this thread for `func`.
+/// Takes the arguments saved at entry by this thread for `func` (in either lane: the call may
+/// have changed the real uid).
 #[inline(always)]
 pub fn take_inflight(func: u32) -> Option<Inflight> {
+    let lane = current_lane();
     let key = InflightKey { pid_tgid: bpf_get_current_pid_tgid(), func, _pad: 0 };
-    // SAFETY: the value is copied out before the entry is removed.
-    let args = unsafe { INFLIGHT.get(key) }.copied();
-    match args {
-        Some(args) => {
-            let _ = INFLIGHT.remove(key);
-            Some(args)
-        }
-        None => {
-            count_lost(lost::NO_ENTRY);
-            None
+    for map in [inflight(lane), inflight(lane ^ 1)] {
+        // SAFETY: the value is copied out before the entry is removed.
+        if let Some(args) = unsafe { map.get(key) }.copied() {
+            let _ = map.remove(key);
+            return Some(args);
         }
     }
+    count_lost(lane, lost::NO_ENTRY);
+    None
 }

@@ -92,10 +92,18 @@ pub struct LostEvent {
     pub read_failed: u64,
     pub no_entry: u64,
     pub session_table_full: u64,
+    /// Records of unprivileged users' processes over their budget, counted and not emitted.
+    pub budget: u64,
     /// Sum of the above.
     pub lost: u64,
     /// Everything lost since notifier started.
     pub total: u64,
+    /// Of `lost`: records of root's own processes (sshd, login, cron, systemd), whose capacity no
+    /// user can take, so this is 0 unless the host itself is overloaded.
+    pub trusted: u64,
+    /// Of `lost`: records of processes that users started (setuid programs such as su and sudo
+    /// too), which a user controls and can flood.
+    pub untrusted: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -124,9 +132,9 @@ pub fn write_lost(w: &mut impl io::Write, format: Format, e: &LostEvent) -> io::
         }
         Format::Text => writeln!(
             w,
-            "{} events_lost lost={} ring_full={} inflight_full={} handles_full={} read_failed={} no_entry={} session_table_full={} total={}",
-            e.time, e.lost, e.ring_full, e.inflight_full, e.handles_full, e.read_failed, e.no_entry,
-            e.session_table_full, e.total
+            "{} events_lost lost={} trusted={} untrusted={} ring_full={} inflight_full={} handles_full={} read_failed={} no_entry={} budget={} session_table_full={} total={}",
+            e.time, e.lost, e.trusted, e.untrusted, e.ring_full, e.inflight_full, e.handles_full, e.read_failed,
+            e.no_entry, e.budget, e.session_table_full, e.total
         ),
     }
 }

@@ -79,6 +79,7 @@ impl Metrics {
             ("read_failed", l.read_failed),
             ("no_entry", l.no_entry),
             ("session_table_full", l.session_table_full),
+            ("budget", l.budget),
         ] {
             // Every cause is exposed, at zero too, so that a query never finds it missing.
             self.events_lost.get_or_create(&CauseLabel { cause: cause.into() }).inc_by(n);

@@ -5,7 +5,7 @@
 use std::io;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use notifier_common::{kind, lost, names, str_flags, task_flags, EventHeader, HEADER_LEN};
+use notifier_common::{kind, lane, lost, names, str_flags, task_flags, EventHeader, HEADER_LEN};
 use tokio::io::unix::AsyncFd;
 
 use crate::loader::Probes;
@@ -114,34 +114,74 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     Ok(Record { kind, header, data: payload[..claimed].to_vec() })
 }
 
-/// Totals of records the kernel side could not deliver, since load.
+/// Records the kernel side could not deliver in one lane, by cause.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LostCounts {
+pub struct Causes {
     pub ring_full: u64,
     pub inflight_full: u64,
     pub handles_full: u64,
     pub read_failed: u64,
     pub no_entry: u64,
+    /// An unprivileged real uid was over its budget.
+    pub budget: u64,
 }
 
-impl LostCounts {
+impl Causes {
     pub fn total(&self) -> u64 {
-        self.ring_full + self.inflight_full + self.handles_full + self.read_failed + self.no_entry
+        self.ring_full + self.inflight_full + self.handles_full + self.read_failed + self.no_entry + self.budget
     }
-    pub fn since(&self, earlier: &LostCounts) -> LostCounts {
-        LostCounts {
+
+    fn since(&self, earlier: &Causes) -> Causes {
+        Causes {
             ring_full: self.ring_full - earlier.ring_full,
             inflight_full: self.inflight_full - earlier.inflight_full,
             handles_full: self.handles_full - earlier.handles_full,
             read_failed: self.read_failed - earlier.read_failed,
             no_entry: self.no_entry - earlier.no_entry,
+            budget: self.budget - earlier.budget,
+        }
+    }
+
+    fn plus(&self, o: &Causes) -> Causes {
+        Causes {
+            ring_full: self.ring_full + o.ring_full,
+            inflight_full: self.inflight_full + o.inflight_full,
+            handles_full: self.handles_full + o.handles_full,
+            read_failed: self.read_failed + o.read_failed,
+            no_entry: self.no_entry + o.no_entry,
+            budget: self.budget + o.budget,
         }
     }
 }
 
-/// The kernel event source: the ring buffer, readable asynchronously, and the loss counters.
+/// Totals of records the kernel side could not deliver, since load: root's callers' (sshd, login,
+/// cron, systemd) and everyone else's apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostCounts {
+    pub root: Causes,
+    pub user: Causes,
+}
+
+impl LostCounts {
+    pub fn total(&self) -> u64 {
+        self.root.total() + self.user.total()
+    }
+
+    /// Both lanes, by cause.
+    pub fn causes(&self) -> Causes {
+        self.root.plus(&self.user)
+    }
+
+    pub fn since(&self, earlier: &LostCounts) -> LostCounts {
+        LostCounts { root: self.root.since(&earlier.root), user: self.user.since(&earlier.user) }
+    }
+}
+
+/// The kernel event source: the two ring buffers (root's callers', everyone else's), readable
+/// asynchronously, and the loss counters.
 pub struct Source {
-    ring: AsyncFd<RingBuf<MapData>>,
+    root: AsyncFd<RingBuf<MapData>>,
+    user: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     /// Records that failed to decode (a version mismatch would show here).
     pub decode_errors: u64,
@@ -152,30 +192,39 @@ pub struct Source {
 impl Source {
     pub fn new(probes: &mut Probes) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let ring = probes.ebpf.take_map(names::EVENTS).context("map EVENTS missing from the object")?;
-        let ring = RingBuf::try_from(ring).context("map EVENTS is not a ring buffer")?;
+        let mut ring = |name: &str| -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
+            let map = probes.ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))?;
+            let ring = RingBuf::try_from(map).with_context(|| format!("map {name} is not a ring buffer"))?;
+            // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
+            // AsyncFd (and with it the RingBuf) is dropped.
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+                .with_context(|| format!("registering the ring buffer {name} with the event loop"))
+        };
+        let (root, user) = (ring(names::EVENTS)?, ring(names::EVENTS_USER)?);
         let lost = probes.ebpf.take_map(names::LOST).context("map LOST missing from the object")?;
         let lost = PerCpuArray::try_from(lost).context("map LOST is not a per-CPU array")?;
-        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
-        // AsyncFd (and with it the RingBuf) is dropped.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .context("registering the ring buffer with the event loop")?;
-        Ok(Self { ring, lost, decode_errors: 0, records: 0 })
+        Ok(Self { root, user, lost, decode_errors: 0, records: 0 })
     }
 
-    /// Waits until records are available, then appends every available record to `out`.
+    /// Waits until records are available in either ring, then appends every available record to
+    /// `out`: root's first.
     pub async fn next_batch(&mut self, out: &mut Vec<Record>) -> io::Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        self.records += Self::drain_into(guard.get_inner_mut(), out, &mut self.decode_errors);
-        guard.clear_ready();
+        // Readiness is cleared before the rings are read: a record that comes after the read
+        // wakes the next call.
+        tokio::select! {
+            biased;
+            guard = self.root.readable_mut() => guard?.clear_ready(),
+            guard = self.user.readable_mut() => guard?.clear_ready(),
+        }
+        self.drain(out);
         Ok(())
     }
 
-    /// Appends every record available now, without waiting.
+    /// Appends every record available now, without waiting: root's ring first.
     pub fn drain(&mut self, out: &mut Vec<Record>) {
-        let ring = self.ring.get_mut();
-        self.records += Self::drain_into(ring, out, &mut self.decode_errors);
+        self.records += Self::drain_into(self.root.get_mut(), out, &mut self.decode_errors);
+        self.records += Self::drain_into(self.user.get_mut(), out, &mut self.decode_errors);
     }
 
     /// Returns how many records were read.
@@ -211,17 +260,21 @@ impl Source {
 
     /// Sums the per-CPU loss counters.
     pub fn lost_counts(&self) -> io::Result<LostCounts> {
-        let read = |index: u32| -> io::Result<u64> {
-            let values = self.lost.get(&index, 0).map_err(io::Error::other)?;
-            Ok(values.iter().sum())
+        let causes = |lane: u32| -> io::Result<Causes> {
+            let read = |cause: u32| -> io::Result<u64> {
+                let values = self.lost.get(&lost::index(lane, cause), 0).map_err(io::Error::other)?;
+                Ok(values.iter().sum())
+            };
+            Ok(Causes {
+                ring_full: read(lost::RING_FULL)?,
+                inflight_full: read(lost::INFLIGHT_FULL)?,
+                handles_full: read(lost::HANDLES_FULL)?,
+                read_failed: read(lost::READ_FAILED)?,
+                no_entry: read(lost::NO_ENTRY)?,
+                budget: read(lost::BUDGET)?,
+            })
         };
-        Ok(LostCounts {
-            ring_full: read(lost::RING_FULL)?,
-            inflight_full: read(lost::INFLIGHT_FULL)?,
-            handles_full: read(lost::HANDLES_FULL)?,
-            read_failed: read(lost::READ_FAILED)?,
-            no_entry: read(lost::NO_ENTRY)?,
-        })
+        Ok(LostCounts { root: causes(lane::ROOT)?, user: causes(lane::USER)? })
     }
 }
 

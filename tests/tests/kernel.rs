@@ -17,6 +17,8 @@ use notifier_tests::*;
 mod alerts;
 #[path = "kernel/daemon.rs"]
 mod daemon;
+#[path = "kernel/hostile.rs"]
+mod hostile;
 #[path = "kernel/resilience.rs"]
 mod resilience;
 #[path = "kernel/service.rs"]

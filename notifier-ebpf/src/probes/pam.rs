@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use notifier_common::{env, func, item, kind, lost, HandleKey, HandleState, Inflight};
 
-use crate::record::{count_lost, save_inflight, take_inflight, tgid, Record, HANDLES};
+use crate::record::{count_lost, current_lane, handles, save_inflight, take_inflight, tgid, Record};
 
 /// Argument `n` as a raw 64-bit value (pointer or integer), 0 if it cannot be read.
 #[inline(always)]
@@ -51,7 +51,7 @@ pub fn pam_exit_start(ctx: RetProbeContext) -> u32 {
     }
     // SAFETY: bpf_probe_read_user fails instead of faulting.
     let Ok(handle) = (unsafe { bpf_probe_read_user(args.c as *const u64) }) else {
-        count_lost(lost::READ_FAILED);
+        count_lost(current_lane(), lost::READ_FAILED);
         return 0;
     };
     if handle == 0 {
@@ -70,8 +70,8 @@ pub fn pam_exit_start(ctx: RetProbeContext) -> u32 {
     };
     let key = HandleKey { tgid: owner, _pad: 0, handle };
     let state = HandleState { start_ns, owner_tgid: owner, _pad: 0 };
-    if HANDLES.insert(key, state, 0).is_err() {
-        count_lost(lost::HANDLES_FULL);
+    if handles(rec.lane()).insert(key, state, 0).is_err() {
+        count_lost(rec.lane(), lost::HANDLES_FULL);
     }
     rec.read_user_str(args.a);
     rec.emit();
@@ -191,6 +191,7 @@ pub fn pam_exit_close_session(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn pam_enter_end(ctx: ProbeContext) -> u32 {
     let handle = arg(&ctx, 0);
+    let lane = current_lane();
     let Some(mut rec) = Record::new(kind::END, handle) else {
         return 0;
     };
@@ -204,7 +205,7 @@ pub fn pam_enter_end(ctx: ProbeContext) -> u32 {
     // leaves the parent's session alone.
     let me = tgid();
     if owner == me {
-        let _ = HANDLES.remove(HandleKey { tgid: me, _pad: 0, handle });
+        let _ = handles(lane).remove(HandleKey { tgid: me, _pad: 0, handle });
     }
     0
 }

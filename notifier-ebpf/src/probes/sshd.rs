@@ -17,16 +17,18 @@
 //!
 //! Maps: `SSHD_BINS` (set by the loader) says which executables are sshd; `SSHD_ACCEPTED` holds a
 //! listener's latest `accept()` buffer until it forks; `SSHD_CONNS` holds every tracked process,
-//! removed at exit.
+//! removed at exit. Only listeners run by root are followed, and their connections' records go to
+//! root's ring whichever of the connection's processes (the unprivileged pre-auth child too)
+//! emits them.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{tracepoint, uprobe},
     programs::{ProbeContext, TracePointContext},
 };
-use notifier_common::{kind, lost, sshd_flags, sshd_item, SshdAccepted, SshdConn, SOCKADDR_LEN, SSHD_MAX_DEPTH};
+use notifier_common::{kind, lane, lost, sshd_flags, sshd_item, SshdAccepted, SshdConn, SOCKADDR_LEN, SSHD_MAX_DEPTH};
 
-use crate::record::{count_lost, exit_code, running_sshd, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS};
+use crate::record::{count_lost, current_lane, exit_code, running_sshd, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS};
 
 /// Offset of `child_pid` in `sched:sched_process_fork` records. It moved when the comm fields
 /// became `__data_loc` (44 before, 20 on 6.18), so the loader reads it from the event's format.
@@ -40,11 +42,12 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 }
 
 // int accept(int fd, struct sockaddr *addr, socklen_t *addrlen), and accept4 with flags: in an
-// sshd listener, the address buffer is remembered for its next fork.
+// sshd listener run by root, the address buffer is remembered for its next fork. A copy of sshd
+// that a user runs is not followed, so it cannot fill the maps or the ring.
 #[uprobe]
 pub fn sshd_enter_accept(ctx: ProbeContext) -> u32 {
     let addr = arg(&ctx, 1);
-    if addr == 0 || !running_sshd() {
+    if addr == 0 || current_lane() != lane::ROOT || !running_sshd() {
         return 0;
     }
     // SAFETY: helper without preconditions.
@@ -72,14 +75,14 @@ pub fn sshd_sched_process_fork(ctx: TracePointContext) -> u32 {
         // The fork runs in the listener: its accept() buffer now holds the peer it accepted.
         // SAFETY: bpf_probe_read_user fails instead of faulting.
         let Ok(addr) = (unsafe { bpf_probe_read_user(accepted.buffer as *const [u8; SOCKADDR_LEN]) }) else {
-            count_lost(lost::READ_FAILED);
+            count_lost(lane::ROOT, lost::READ_FAILED);
             return 0;
         };
         let conn = SshdConn { conn_ns: accepted.ts_ns, owner_tgid: child, depth: 1, flags: 0 };
         if SSHD_CONNS.insert(child, conn, 0).is_err() {
-            count_lost(lost::HANDLES_FULL);
+            count_lost(lane::ROOT, lost::HANDLES_FULL);
         }
-        if let Some(mut rec) = Record::new(kind::SSHD_CONNECT, 0) {
+        if let Some(mut rec) = Record::in_lane(lane::ROOT, kind::SSHD_CONNECT, 0) {
             let h = rec.header();
             h.owner_tgid = child;
             h.session_start_ns = accepted.ts_ns;
@@ -108,7 +111,7 @@ pub fn sshd_sched_process_fork(ctx: TracePointContext) -> u32 {
         flags,
     };
     if SSHD_CONNS.insert(child, conn, 0).is_err() {
-        count_lost(lost::HANDLES_FULL);
+        count_lost(lane::ROOT, lost::HANDLES_FULL);
     }
     0
 }
@@ -116,7 +119,7 @@ pub fn sshd_sched_process_fork(ctx: TracePointContext) -> u32 {
 /// A record about the calling process's connection; `None` if the ring's scratch is unavailable.
 #[inline(always)]
 fn conn_record(kind: u32, conn: &SshdConn) -> Option<Record> {
-    let mut rec = Record::new(kind, 0)?;
+    let mut rec = Record::in_lane(lane::ROOT, kind, 0)?;
     let h = rec.header();
     h.owner_tgid = conn.owner_tgid;
     h.session_start_ns = conn.conn_ns;

@@ -69,8 +69,10 @@ impl<P: ProcessLookup, L: ListenerCheck> Capture<P, L> {
     }
 
     /// Sessions and connections dropped because their tables were full.
-    pub fn evicted(&self) -> u64 {
-        self.assembler.evicted + self.witness.evicted
+    /// As (root's sessions and sshd's connections, users' sessions).
+    pub fn evicted(&self) -> (u64, u64) {
+        let a = &self.assembler;
+        (a.evicted_root + self.witness.evicted, a.evicted - a.evicted_root)
     }
 }
 

@@ -48,6 +48,8 @@ struct Session {
     opened_ns: Option<u64>,
     closed: bool,
     untrusted: bool,
+    /// Started by a root caller (real uid 0): kept before any other session when the table is full.
+    root: bool,
     last_ns: u64,
 }
 
@@ -59,13 +61,14 @@ pub struct Assembler<P> {
     capacity: usize,
     ctx: HostContext,
     procs: P,
-    /// Sessions dropped because the table was full.
+    /// Sessions dropped because the table was full, and of those, root callers' sessions.
     pub evicted: u64,
+    pub evicted_root: u64,
 }
 
 impl<P: ProcessLookup> Assembler<P> {
     pub fn new(ctx: HostContext, procs: P, capacity: usize) -> Self {
-        Self { sessions: HashMap::new(), capacity: capacity.max(1), ctx, procs, evicted: 0 }
+        Self { sessions: HashMap::new(), capacity: capacity.max(1), ctx, procs, evicted: 0, evicted_root: 0 }
     }
 
     /// Sessions currently tracked.
@@ -94,7 +97,7 @@ impl<P: ProcessLookup> Assembler<P> {
         if !self.sessions.contains_key(&key) {
             self.make_room();
             let id = self.session_id(&key);
-            self.sessions.insert(key, Session { id, ..Session::default() });
+            self.sessions.insert(key, Session { id, root: rec.uid() == 0, ..Session::default() });
         }
         let Some(s) = self.sessions.get_mut(&key) else { return };
         s.last_ns = h.ts_ns;
@@ -224,13 +227,25 @@ impl<P: ProcessLookup> Assembler<P> {
         )
     }
 
+    /// When the table is full, drops the least recently active sessions: users' first, so that no
+    /// flood of unfinished sessions by a user can push out root's (sshd's, login's). A 64th of the
+    /// table goes at once, so that a flood costs one scan per many sessions, not one per session.
     fn make_room(&mut self) {
         if self.sessions.len() < self.capacity {
             return;
         }
-        if let Some(oldest) = self.sessions.iter().min_by_key(|(_, s)| s.last_ns).map(|(k, _)| *k) {
-            self.sessions.remove(&oldest);
-            self.evicted += 1;
+        let users = self.sessions.values().filter(|s| !s.root).count();
+        let from_root = users == 0;
+        let mut ages: Vec<(u64, SessionKey)> =
+            self.sessions.iter().filter(|(_, s)| s.root == from_root).map(|(k, s)| (s.last_ns, *k)).collect();
+        let n = (self.capacity / 64).clamp(1, ages.len());
+        ages.select_nth_unstable_by_key(n - 1, |(age, _)| *age);
+        for (_, key) in &ages[..n] {
+            self.sessions.remove(key);
+        }
+        self.evicted += n as u64;
+        if from_root {
+            self.evicted_root += n as u64;
         }
     }
 }

@@ -91,8 +91,11 @@ fn outputs() -> Vec<Output> {
         read_failed: 3,
         no_entry: 4,
         session_table_full: 5,
-        lost: 22,
+        budget: 6,
+        lost: 28,
         total: 40,
+        trusted: 3,
+        untrusted: 25,
     };
     vec![
         Output::Captured(Box::new(open)),

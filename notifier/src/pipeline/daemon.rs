@@ -22,6 +22,9 @@ use crate::{
     state::history::Store,
 };
 
+/// The shortest time between two health alerts about lost records of root's processes.
+const TRUSTED_LOSS_EVERY: Duration = Duration::from_secs(60);
+
 /// enrich -> policy -> alert, as `run` configures them.
 pub struct Daemon {
     pub config: Config,
@@ -35,8 +38,10 @@ pub struct Daemon {
     host: String,
     /// Sinks already reported as failing.
     failing_reported: BTreeSet<String>,
-    /// Loss can go on for a while: at most one health alert about it per cooldown.
-    loss_alerted: Option<Instant>,
+    /// When a loss of root's records was last alerted (at most one a minute), and a loss of
+    /// users' records (at most one per cooldown: a user's own flood).
+    trusted_loss_alerted: Option<Instant>,
+    untrusted_loss_alerted: Option<Instant>,
 }
 
 impl Daemon {
@@ -67,7 +72,8 @@ impl Daemon {
             config,
             config_path,
             failing_reported: BTreeSet::new(),
-            loss_alerted: None,
+            trusted_loss_alerted: None,
+            untrusted_loss_alerted: None,
         })
     }
 
@@ -109,16 +115,29 @@ impl Daemon {
         }
     }
 
-    /// Events were lost: a health alert, at most one per cooldown.
+    /// Events were lost: a health alert each time root's records are (at most one a minute);
+    /// for users' records, which a user can flood, at most one per cooldown.
     pub fn lost(&mut self, lost: &LostEvent) {
-        let alerts = &self.config.alerts;
-        let quiet = self.loss_alerted.is_none_or(|at| at.elapsed() >= alerts.cooldown);
-        if alerts.health_events_lost && quiet {
-            self.loss_alerted = Some(Instant::now());
+        if !self.config.alerts.health_events_lost {
+            return;
+        }
+        let (last, every, text) = if lost.trusted > 0 {
             let text = format!(
-                "{} login event(s) were lost in the kernel or the session table ({} in all)",
-                lost.lost, lost.total
+                "{} login event(s) of root's processes (sshd, login, cron) were lost in the kernel or the \
+                 session table ({} events lost in all): logins may have gone unseen",
+                lost.trusted, lost.total
             );
+            (&mut self.trusted_loss_alerted, TRUSTED_LOSS_EVERY, text)
+        } else {
+            let text = format!(
+                "{} event(s) of users' own processes were lost or held back by their budget (a flood of PAM \
+                 calls by a local user?); root's logins are not affected ({} events lost in all)",
+                lost.untrusted, lost.total
+            );
+            (&mut self.untrusted_loss_alerted, self.config.alerts.cooldown, text)
+        };
+        if last.is_none_or(|at| at.elapsed() >= every) {
+            *last = Some(Instant::now());
             self.health(text);
         }
     }

@@ -109,6 +109,7 @@ impl Pipeline {
         let mut stopping = false;
         while !stopping || self.stdout.has_pending() {
             let capture_due = capture.next_deadline();
+            let loss_due = losses.due();
             let summary_due = self.daemon.as_ref().and_then(|d| d.dispatcher.summary_due());
             // Disjoint borrows for the branches below (an async block would borrow all of `self`).
             let (daemon, stdout) = (&mut self.daemon, &mut self.stdout);
@@ -121,6 +122,7 @@ impl Pipeline {
                     service::watchdog();
                     continue;
                 }
+                _ = sleep_until(loss_due), if loss_due.is_some() => {}
                 _ = sleep_until(summary_due), if summary_due.is_some() => {
                     if let Some(d) = daemon.as_mut() {
                         d.dispatcher.roll();
@@ -176,7 +178,7 @@ impl Pipeline {
             if !self.process(&mut events)? {
                 return Ok(());
             }
-            if let Some(lost) = losses.check(&source, capture.evicted())? {
+            if let Some(lost) = losses.check(&source, capture.evicted(), stopping)? {
                 if let Some(d) = &mut self.daemon {
                     d.lost(&lost);
                     d.metrics.lost(&lost);

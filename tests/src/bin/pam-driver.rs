@@ -50,6 +50,19 @@ struct Args {
     /// whole session (which reads /etc/pam.d and loads modules).
     #[arg(long, value_name = "N")]
     set_item_loop: Option<u64>,
+    /// A hostile flood for SECONDS from `--threads` threads, as whoever runs the driver:
+    /// `set-item` (one pam_start per thread, then pam_set_item(PAM_RHOST, the rhost) in a loop) or
+    /// `start` (pam_start in a loop, never pam_end). Prints `calls=N`.
+    #[arg(long, value_name = "MODE", requires = "seconds")]
+    flood: Option<Flood>,
+    #[arg(long, value_name = "SECONDS")]
+    seconds: Option<f64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Flood {
+    SetItem,
+    Start,
 }
 
 fn realtime_ns() -> u128 {
@@ -237,6 +250,10 @@ fn main() {
         rhost: args.rhost.as_deref().map(cstring),
         tty: args.tty.as_deref().map(cstring),
     };
+    if let (Some(mode), Some(seconds)) = (args.flood, args.seconds) {
+        flood(&pam, &strings, mode, args.threads.max(1), Duration::from_secs_f64(seconds));
+        return;
+    }
     if let Some(calls) = args.set_item_loop {
         set_item_loop(&pam, &strings, calls);
         return;
@@ -363,4 +380,50 @@ struct Tally {
     opened: u64,
     stamps: Vec<(u64, u128)>,
     failed: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Calls libpam as fast as `threads` threads can until `length` has passed; prints the count.
+fn flood(pam: &Pam, a: &Strings, mode: Flood, threads: u64, length: Duration) {
+    let end = Instant::now() + length;
+    let calls: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    let conv = PamConv { conv: no_conversation, appdata: std::ptr::null_mut() };
+                    let rhost = a.rhost.as_ref().map_or(std::ptr::null(), |r| r.as_ptr());
+                    let mut calls = 0u64;
+                    let mut h: *mut c_void = std::ptr::null_mut();
+                    // SAFETY: every pointer is valid for the call; handles are used only after
+                    // pam_start succeeded, and (for `start`) deliberately never ended.
+                    unsafe {
+                        if matches!(mode, Flood::SetItem)
+                            && (pam.start)(a.service.as_ptr(), a.user.as_ptr(), &conv, &mut h) != 0
+                        {
+                            return 0;
+                        }
+                        while Instant::now() < end {
+                            for _ in 0..64 {
+                                match mode {
+                                    Flood::SetItem => {
+                                        (pam.set_item)(h, PAM_RHOST, rhost.cast());
+                                    }
+                                    Flood::Start => {
+                                        let mut fresh: *mut c_void = std::ptr::null_mut();
+                                        (pam.start)(a.service.as_ptr(), a.user.as_ptr(), &conv, &mut fresh);
+                                    }
+                                }
+                            }
+                            calls += 64;
+                        }
+                        if matches!(mode, Flood::SetItem) {
+                            (pam.end)(h, 0);
+                        }
+                    }
+                    calls
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    println!("calls={calls} seconds={:.1}", length.as_secs_f64());
 }

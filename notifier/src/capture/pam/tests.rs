@@ -189,3 +189,25 @@ fn table_is_bounded_and_counts_evictions() {
     assert_eq!(a.len(), 2);
     assert_eq!(a.evicted, 3);
 }
+
+#[test]
+fn a_full_table_drops_users_sessions_before_roots() {
+    let mut a = asm(64);
+    // Root's session (real uid 0), then a user's flood of sessions that never end.
+    let mut root = rec(kind::START, 7, 7, 1, b"sshd");
+    root.header.uid_gid = 0;
+    run(&mut a, &[root]);
+    for pid in 100..300 {
+        let mut r = rec(kind::START, pid, pid, 2 + u64::from(pid), b"flood");
+        r.header.uid_gid = 65534;
+        run(&mut a, &[r]);
+    }
+    assert!(a.len() <= 64, "bounded: {}", a.len());
+    assert_eq!((a.evicted - a.evicted_root, a.evicted_root), (137, 0), "only the user's sessions went");
+    // Root's session is still there: its open is reported with its service.
+    let mut open = rec(kind::OPEN_SESSION, 7, 7, 500, b"");
+    open.header.uid_gid = 0;
+    let out = run(&mut a, &[open]);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].service.as_deref(), Some("sshd"));
+}

@@ -1,0 +1,102 @@
+//! A hostile local user: an unprivileged account floods libpam through the real library while real
+//! SSH logins happen; none of those logins may go unreported.
+
+use std::process::Child;
+
+use super::*;
+
+/// Runs pam-driver as `nobody` in a network namespace of its own (libpam's audit would resolve a
+/// non-IP rhost), from a copy that `nobody` can execute.
+fn flood_as_nobody(lab: &Lab, service: &str, mode: &str, seconds: u32) -> Child {
+    let driver = lab.path("pam-driver");
+    if !driver.exists() {
+        fs::copy(pam_driver(), &driver).expect("copying pam-driver");
+        fs::set_permissions(&driver, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    let rhost = "h".repeat(4000);
+    Command::new("unshare")
+        .arg("--net")
+        .args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&driver)
+        .args(["--service", service, "--user", "victim", "--rhost", &rhost, "--threads", "2"])
+        .args(["--flood", mode, "--seconds", &seconds.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pam-driver flood")
+}
+
+#[test]
+fn an_unprivileged_flood_hides_no_real_login() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = Lab::new();
+    let service = PamService::permit("ntblind");
+    let sshd = Sshd::start("PasswordAuthentication no");
+    let user = TestUser::new();
+    user.authorize_key(&sshd.lab.path("client_key.pub"));
+    let fingerprint = ssh_keygen_fingerprint(&sshd.lab.path("client_key.pub"));
+    let n = Notifier::watch(&["--json"]);
+
+    let mut logins = Vec::new();
+    let mut started = Instant::now();
+    for mode in ["set-item", "start"] {
+        let flood = flood_as_nobody(&lab, &service.name, mode, 10);
+        if mode == "set-item" {
+            started = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for i in 0..8 {
+            let bind = format!("127.0.83.{}", logins.len() + 1);
+            let out = sshd
+                .ssh(&user.name, "127.0.0.1", Some(&bind), &[])
+                .arg("echo \"$SSH_CONNECTION\"")
+                .output()
+                .expect("ssh");
+            assert!(out.status.success(), "login {i} during {mode}; sshd log:\n{}", sshd.log());
+            let conn = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let port: u64 = conn.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("client port");
+            logins.push((bind, port));
+            std::thread::sleep(Duration::from_millis(900));
+        }
+        let out = flood.wait_with_output().expect("flood");
+        eprintln!("{mode} flood: {}", String::from_utf8_lossy(&out.stdout).trim());
+        let calls: u64 = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("calls=")?.parse().ok())
+            .unwrap_or_else(|| panic!("{mode} flood made no calls: {}", String::from_utf8_lossy(&out.stderr)));
+        assert!(calls > 10_000, "{mode}: the flood ran ({calls} calls)");
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+
+    let events = n.json_until(Duration::from_secs(30), |e| {
+        of_kind(e, "session_open").iter().filter(|o| o["user"] == user.name.as_str()).count() >= logins.len()
+    });
+    let opens: Vec<&Value> =
+        of_kind(&events, "session_open").into_iter().filter(|o| o["user"] == user.name.as_str()).collect();
+    for (bind, port) in &logins {
+        let found = opens.iter().find(|o| o["peer"]["ip"] == bind.as_str());
+        let o = found.unwrap_or_else(|| panic!("no session_open from {bind}; stderr:\n{}", n.stderr()));
+        assert_eq!(o["peer"]["port"], *port, "{o}");
+        assert_eq!(o["auth"]["fingerprint"], fingerprint.as_str(), "{o}");
+        assert_eq!(o["trusted"], true, "{o}");
+        assert_eq!(o["witnesses"], serde_json::json!(["pam", "sshd"]), "{o}");
+    }
+    assert_eq!(opens.len(), 16, "one session_open per login");
+    let trusted_without_user =
+        of_kind(&events, "session_open").into_iter().filter(|o| o["trusted"] == true && !o["user"].is_string()).count();
+    assert_eq!(trusted_without_user, 0, "no trusted session_open without a user");
+    let lost = of_kind(&events, "events_lost");
+    let sum = |k: &str| lost.iter().filter_map(|l| l[k].as_u64()).sum::<u64>();
+    eprintln!(
+        "{} events_lost lines in {flood_secs:.0} s: {} records lost, {} of them over budget, {} trusted",
+        lost.len(),
+        sum("lost"),
+        sum("budget"),
+        sum("trusted")
+    );
+    assert!(!lost.is_empty(), "the flood was over budget and said so");
+    assert!(lost.iter().all(|l| l["trusted"] == 0 && l["untrusted"].as_u64() > Some(0)), "{lost:?}");
+    assert!(lost.len() as f64 <= flood_secs + 2.0, "{} events_lost lines in {flood_secs:.0} s", lost.len());
+}
