@@ -114,14 +114,12 @@ impl Dispatcher {
         if self.sinks.is_empty() {
             return;
         }
-        if matches!(alert.kind, AlertKind::Login | AlertKind::BruteForce) {
-            match self.limiter.check(&alert, Instant::now()) {
-                ratelimit::Verdict::Send => {}
-                held => {
-                    self.metrics.alerts_held.inc();
-                    tracing::debug!(alert = %alert.id, ?held, "Alert held back by the rate limit; it will be summarised.");
-                    return;
-                }
+        match self.limiter.check(&alert, Instant::now()) {
+            ratelimit::Verdict::Send => {}
+            held => {
+                self.metrics.alerts_held.inc();
+                tracing::debug!(alert = %alert.id, ?held, "Alert held back by the rate limit; it will be summarised.");
+                return;
             }
         }
         let now = now_ms();

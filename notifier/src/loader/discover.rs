@@ -10,6 +10,8 @@ use std::{
     process::Command,
 };
 
+use tracing::warn;
+
 use super::LoadError;
 
 /// Standard places for libpam, checked after the ldconfig cache.
@@ -38,7 +40,7 @@ pub(super) fn find_libpam(sshd_procs: &[SshdProcess]) -> Result<Vec<PathBuf>, Lo
     let mut candidates: Vec<PathBuf> = ldconfig("libpam.so.0");
     candidates.extend(STANDARD_PATHS.iter().map(PathBuf::from));
     candidates.extend(sshd_mapped(sshd_procs, "/libpam.so"));
-    let found: Vec<PathBuf> = candidates.into_iter().filter(|p| check_elf(p).is_ok()).collect();
+    let found: Vec<PathBuf> = candidates.into_iter().filter(|p| usable(p)).collect();
     if found.is_empty() {
         return Err(LoadError::LibpamNotFound { searched: STANDARD_PATHS.join(", ") });
     }
@@ -83,6 +85,41 @@ pub(super) fn check_elf(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A discovered candidate (libpam, libc, sshd) that exists is used only if it is an ELF object for
+/// this machine, owned by root and writable by no one else, in directories that are too: a file a
+/// user can write, or replace, would let that user choose what notifier watches. A rejected one is
+/// named in one warning.
+pub(super) fn usable(path: &Path) -> bool {
+    if fs::symlink_metadata(path).is_err() {
+        return false;
+    }
+    match check_elf(path).and_then(|()| root_owned(path)) {
+        Ok(()) => true,
+        Err(reason) => {
+            warn!(path = %path.display(), %reason, "Skipping this candidate; only root-owned files that no one else can write are watched.");
+            false
+        }
+    }
+}
+
+/// `path` and every directory above it are owned by root and not writable by group or others.
+pub(super) fn root_owned(path: &Path) -> Result<(), String> {
+    for (i, p) in path.ancestors().enumerate() {
+        if p.as_os_str().is_empty() {
+            continue;
+        }
+        let m = fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let what = if i == 0 { "the file".to_string() } else { format!("its directory {}", p.display()) };
+        if m.uid() != 0 {
+            return Err(format!("{what} is owned by uid {}, not root", m.uid()));
+        }
+        if m.mode() & 0o022 != 0 {
+            return Err(format!("{what} is writable by group or others (mode {:o})", m.mode() & 0o7777));
+        }
+    }
+    Ok(())
+}
+
 /// The paths of the library `soname` in the ldconfig cache.
 pub(super) fn ldconfig(soname: &str) -> Vec<PathBuf> {
     let output = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
@@ -107,7 +144,9 @@ pub(crate) struct SshdProcess {
     pub comm: String,
 }
 
-/// The running sshd processes, from one walk of /proc.
+/// The running sshd processes, from one walk of /proc: only root's (real uid 0) running a
+/// root-owned executable that no one else can write. Any process may name itself `sshd`; one that
+/// is not root's is named in a warning, with the libraries it maps, and tells nothing.
 pub(super) fn sshd_processes() -> Vec<SshdProcess> {
     let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
     let mut found = Vec::new();
@@ -116,11 +155,39 @@ pub(super) fn sshd_processes() -> Vec<SshdProcess> {
         let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let comm = comm.trim();
-        if comm.starts_with("sshd") {
-            found.push(SshdProcess { pid: pid.to_string(), comm: comm.to_string() });
+        if !comm.starts_with("sshd") {
+            continue;
+        }
+        let p = SshdProcess { pid: pid.to_string(), comm: comm.to_string() };
+        match roots_process(pid) {
+            Ok(()) => found.push(p),
+            Err(reason) => {
+                let libs = sshd_mapped(std::slice::from_ref(&p), "/lib");
+                let libs: Vec<String> = libs
+                    .iter()
+                    .filter(|l| l.to_string_lossy().contains("/libpam.so") || l.to_string_lossy().contains("/libc.so"))
+                    .map(|l| l.display().to_string())
+                    .collect();
+                warn!(pid, comm, %reason, rejected = %libs.join(","), "Ignoring a process named sshd that is not root's sshd; the libraries it maps are not watched.");
+            }
         }
     }
     found
+}
+
+/// The process runs as root (real uid 0) a root-owned executable that no one else can write.
+fn roots_process(pid: &str) -> Result<(), String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let ruid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|u| u.split_whitespace().next());
+    if ruid != Some("0") {
+        return Err(format!("it runs as uid {}", ruid.unwrap_or("?")));
+    }
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| e.to_string())?;
+    let m = fs::metadata(format!("/proc/{pid}/exe")).map_err(|e| e.to_string())?;
+    if m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(format!("its executable {} is not a root-owned file that only root can write", exe.display()));
+    }
+    Ok(())
 }
 
 /// The files whose path contains `fragment` (`/libpam.so`, `/libc.so`) mapped by running `sshd`
@@ -131,8 +198,9 @@ pub(super) fn sshd_mapped(procs: &[SshdProcess], fragment: &str) -> Vec<PathBuf>
     for p in procs.iter().filter(|p| matches!(p.comm.as_str(), "sshd" | "sshd-session")) {
         let maps = fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap_or_default();
         for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
-            if path.contains(fragment) {
-                found.push(PathBuf::from(format!("/proc/{}/root{path}", p.pid)));
+            let path = PathBuf::from(format!("/proc/{}/root{path}", p.pid));
+            if path.to_string_lossy().contains(fragment) && !found.contains(&path) {
+                found.push(path);
             }
         }
     }

@@ -180,7 +180,19 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
     let loaded = begin.elapsed();
     let mut attached = Vec::new();
     for target in &targets {
-        attached.push((target.clone(), attach_target(&mut ebpf, target)?));
+        match attach_target(&mut ebpf, target) {
+            Ok(n) => attached.push((target.clone(), n)),
+            // A libpam that was found, not given, and lacks what the probes need (a look-alike
+            // file) is skipped; one given with --libpam must work.
+            Err(e @ LoadError::Attach { .. }) if libpam.is_empty() => {
+                warn!(path = %target.display(), error = %e, "Skipping this libpam candidate: the probes cannot attach to it.");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let targets: Vec<PathBuf> = attached.iter().map(|(p, _)| p.clone()).collect();
+    if targets.is_empty() {
+        return Err(LoadError::LibpamNotFound { searched: discover::STANDARD_PATHS.join(", ") });
     }
     // The witness is required only when sshd paths were given; by default a failure to attach it
     // leaves PAM capture running, with a warning.

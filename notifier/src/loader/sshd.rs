@@ -24,7 +24,7 @@ use notifier_common::names;
 use tracing::{debug, info, warn};
 
 use super::{
-    discover::{check_elf, dedupe, ldconfig, sshd_mapped, SshdProcess},
+    discover::{check_elf, dedupe, ldconfig, sshd_mapped, usable, SshdProcess},
     loaded_uprobe, LoadError,
 };
 
@@ -90,7 +90,7 @@ fn find_libc(procs: &[SshdProcess]) -> Vec<PathBuf> {
     let mut candidates = ldconfig("libc.so.6");
     candidates.extend(LIBC_PATHS.iter().map(PathBuf::from));
     candidates.extend(sshd_mapped(procs, "/libc.so"));
-    dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok()))
+    dedupe(candidates.into_iter().filter(|p| usable(p)))
 }
 
 /// Finds the sshd binaries: the given paths (each must be an ELF file), or every one on the host.
@@ -107,7 +107,7 @@ pub(crate) fn find(given: &[PathBuf], procs: &[SshdProcess]) -> Result<Vec<PathB
     let mut candidates: Vec<PathBuf> = STANDARD_PATHS.iter().map(PathBuf::from).collect();
     candidates.extend(running.iter().flat_map(|exe| helpers_beside(exe)));
     candidates.extend(running);
-    Ok(dedupe(candidates.into_iter().filter(|p| check_elf(p).is_ok())))
+    Ok(dedupe(candidates.into_iter().filter(|p| usable(p))))
 }
 
 /// The executables of running sshd processes: the plain path for a process that shares our root,

@@ -1,7 +1,7 @@
 //! A hostile local user: an unprivileged account floods libpam through the real library while real
 //! SSH logins happen; none of those logins may go unreported.
 
-use std::process::Child;
+use std::{path::PathBuf, process::Child};
 
 use super::*;
 
@@ -99,4 +99,67 @@ fn an_unprivileged_flood_hides_no_real_login() {
     assert!(!lost.is_empty(), "the flood was over budget and said so");
     assert!(lost.iter().all(|l| l["trusted"] == 0 && l["untrusted"].as_u64() > Some(0)), "{lost:?}");
     assert!(lost.len() as f64 <= flood_secs + 2.0, "{} events_lost lines in {flood_secs:.0} s", lost.len());
+}
+
+/// A real shared object of this machine, to copy under a false name.
+fn some_library() -> PathBuf {
+    ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib/aarch64-linux-gnu/libm.so.6"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("libm.so.6")
+}
+
+#[test]
+fn a_fake_sshd_with_its_own_libpam_and_libc_cannot_stop_notifier() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // As nobody: a program named sshd, from nobody's own directory, mapping files named
+    // libpam.so.0 and libc.so.6 that have none of the functions the probes need.
+    let lab = Lab::new();
+    let fake = lab.path("fake");
+    fs::create_dir(&fake).expect("mkdir");
+    for (from, to) in
+        [(PathBuf::from("/bin/sleep"), "sshd"), (some_library(), "libpam.so.0"), (some_library(), "libc.so.6")]
+    {
+        fs::copy(&from, fake.join(to)).expect("copy");
+    }
+    run(Command::new("chown").args(["-R", "65534:65534"]).arg(&fake));
+    let preload = format!("{} {}", fake.join("libpam.so.0").display(), fake.join("libc.so.6").display());
+    let mut impostor = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "env"])
+        .arg(format!("LD_PRELOAD={preload}"))
+        .arg(fake.join("sshd"))
+        .arg("120")
+        .spawn()
+        .expect("impostor");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let maps = format!("/proc/{}/maps", impostor.id());
+    while !fs::read_to_string(&maps).unwrap_or_default().contains("fake/libc.so.6") {
+        assert!(Instant::now() < deadline, "the impostor never mapped its libraries");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // notifier starts anyway, attaches only to root's files, and names what it rejected.
+    let service = PamService::permit("ntstop");
+    let n = Notifier::watch(&["--json", "--service", &service.name]);
+    let log = n.stderr();
+    let attached = log.lines().find(|l| l.contains("Probes attached.")).expect("attach line").to_string();
+    assert!(!attached.contains("fake"), "attached to the impostor's files: {attached}");
+    let named = log.lines().find(|l| l.contains("Ignoring a process named sshd")).unwrap_or_else(|| panic!("{log}"));
+    assert!(named.contains(&impostor.id().to_string()) && named.contains("uid 65534"), "{named}");
+    assert!(named.contains("fake/libpam.so.0") && named.contains("fake/libc.so.6"), "{named}");
+
+    // And it works: a PAM session through the system libpam is seen.
+    let status = Command::new("pamtester")
+        .args(["-I", "rhost=127.0.0.61", &service.name, "root", "open_session", "close_session"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("pamtester");
+    assert!(status.success());
+    let (e, _) = wait_for(&n, "root", "session_open");
+    assert_eq!(e["peer"]["ip"], "127.0.0.61");
+    let _ = impostor.kill();
+    let _ = impostor.wait();
 }
