@@ -186,7 +186,9 @@ pub fn text_line(e: &LoginEvent) -> String {
     line
 }
 
-/// Escapes control characters, backslashes and spaces so a value stays one space-free token.
+/// Escapes control characters, backslashes and spaces so a value stays one space-free token; and
+/// every character that could make one line look like two, or reorder what is shown
+/// ([`is_deceptive`]), visibly.
 pub fn escape_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -196,13 +198,32 @@ pub fn escape_text(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             ' ' => out.push_str("\\x20"),
-            c if c.is_control() => {
+            c if c.is_control() || is_deceptive(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
         }
     }
     out
+}
+
+/// A character that is not a control character but misleads a reader of a line: a space other than
+/// U+0020 (U+00A0, U+2000..U+200A, U+3000, …), the line and paragraph separators U+2028 and
+/// U+2029, a bidirectional control (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F, U+061C), or
+/// an invisible one (U+200B..U+200D, U+2060..U+2064, U+FEFF, U+180E, U+00AD).
+pub fn is_deceptive(c: char) -> bool {
+    (c.is_whitespace() && c != ' ' && !c.is_control())
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{061c}'
+                | '\u{feff}'
+                | '\u{180e}'
+                | '\u{00ad}'
+        )
 }
 
 /// Bytes from the probes as text: valid UTF-8 is kept, every other byte becomes `\xNN`.

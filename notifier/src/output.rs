@@ -76,7 +76,9 @@ fn text_line(j: &Judged) -> String {
     if let Some(reason) = &j.reason {
         // Last, after " -- ", so that it may keep its spaces.
         line.push_str(" -- ");
-        line.push_str(&reason.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>());
+        line.push_str(
+            &reason.chars().map(|c| if c.is_control() || event::is_deceptive(c) { '?' } else { c }).collect::<String>(),
+        );
     }
     line
 }

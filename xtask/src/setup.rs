@@ -11,7 +11,8 @@ pub(crate) const BUILD_PACKAGES: &[&str] = &["llvm-22-dev"];
 /// Debian packages the benchmarks compare with.
 pub(crate) const BENCH_PACKAGES: &[&str] = &["bpftrace"];
 /// Debian packages the integration tests drive: real sshd, ssh, sshpass, pamtester, setpriv,
-/// aiosmtpd (a real SMTP server), strace (to check the unit's system call filter), and for the
+/// aiosmtpd (a real SMTP server), paramiko (an SSH client that sends any user name, which
+/// OpenSSH's client refuses to), strace (to check the unit's system call filter), and for the
 /// packaging check man-db and systemd-analyze.
 pub(crate) const TEST_PACKAGES: &[&str] = &[
     "openssh-server",
@@ -20,6 +21,7 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "pamtester",
     "util-linux",
     "python3-aiosmtpd",
+    "python3-paramiko",
     "strace",
     "man-db",
     "systemd",

@@ -20,7 +20,10 @@ pub struct Templates {
 }
 
 impl Templates {
+    /// The title and body people read. They are made from [`for_people`]'s copy of the alert, so
+    /// no string from the event can break a line, make a link, or mention someone.
     pub fn render(&self, alert: &Alert) -> Message {
+        let alert = &for_people(alert);
         let default = default_message(alert);
         let render = |t: &Option<String>, fallback: String| match t {
             None => fallback,
@@ -37,6 +40,44 @@ impl Templates {
         };
         Message { title: render(&self.title, default.title), body: render(&self.body, default.body) }
     }
+}
+
+/// The alert with every string that came from the event (or names what it did) neutralised by
+/// [`neutralize`]: the user name sshd passed for an invalid user, any PAM string, the reverse-DNS
+/// name, the reason that quotes them. The JSON of the event (`event`) stays exact; it reaches only
+/// JSON and the exec sink's stdin.
+pub fn for_people(a: &Alert) -> Alert {
+    let n = |v: &Option<String>| v.as_deref().map(neutralize);
+    Alert {
+        user: n(&a.user),
+        service: n(&a.service),
+        tty: n(&a.tty),
+        method: n(&a.method),
+        key_type: n(&a.key_type),
+        fingerprint: n(&a.fingerprint),
+        country: n(&a.country),
+        city: n(&a.city),
+        asn_org: n(&a.asn_org),
+        rdns: n(&a.rdns),
+        reason: neutralize(&a.reason),
+        ..a.clone()
+    }
+}
+
+/// One line of inert text: control characters and misleading ones (line separators, bidi
+/// controls, invisible characters) are shown as `\u{…}` escapes, a URL scheme's `://` becomes
+/// `[:]//` and `www.` becomes `www[.]`, so that no client makes a link of it, and `@` becomes the
+/// full-width `＠`, so that no chat service makes a mention of it.
+pub fn neutralize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '@' => out.push('＠'),
+            c if c.is_control() || crate::event::is_deceptive(c) => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out.replace("://", "[:]//").replace("www.", "www[.]").replace("WWW.", "WWW[.]")
 }
 
 /// "alice logged in to web-1 from 203.0.113.7:52144 (Auckland, NZ, AS64500) with publickey
@@ -72,5 +113,33 @@ pub fn default_message(a: &Alert) -> Message {
         AlertKind::Summary | AlertKind::Health | AlertKind::Test => {
             Message { title: format!("notifier on {}", a.host), body: a.reason.clone() }
         }
+    }
+}
+
+#[cfg(test)]
+mod people_tests {
+    use super::*;
+
+    #[test]
+    fn event_strings_cannot_break_lines_link_or_mention() {
+        let cases = [
+            ("alice\nPassword reset: http://evil.example/x", "alice\\u{a}Password reset: http[:]//evil.example/x"),
+            ("[click](https://evil.example)", "[click](https[:]//evil.example)"),
+            ("<!channel> @here @everyone", "<!channel> ＠here ＠everyone"),
+            ("www.evil.example", "www[.]evil.example"),
+            ("eve\u{2028}admin\u{202e}", "eve\\u{2028}admin\\u{202e}"),
+            ("plain-user_01", "plain-user_01"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(neutralize(raw), want, "{raw:?}");
+        }
+        let mut a = crate::alert::internal_alert(AlertKind::Login, "web-1", "first login seen for x\ny".into());
+        a.user = Some("x\r\nBcc: victim@example.com".into());
+        let m = Templates::default().render(&a);
+        for text in [&m.title, &m.body] {
+            assert!(!text.contains("x\r") && !text.contains("x\ny"), "{text:?}");
+            assert!(!text.contains('@') && !text.contains("://"), "{text:?}");
+        }
+        assert_eq!(a.user.as_deref(), Some("x\r\nBcc: victim@example.com"), "the alert itself is unchanged");
     }
 }

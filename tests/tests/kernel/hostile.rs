@@ -163,3 +163,89 @@ fn a_fake_sshd_with_its_own_libpam_and_libc_cannot_stop_notifier() {
     let _ = impostor.kill();
     let _ = impostor.wait();
 }
+
+#[test]
+fn a_hostile_user_name_reaches_people_on_one_line_with_no_link() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let sshd = Sshd::start("PasswordAuthentication no");
+    let http = HttpReceiver::start();
+    let scratch = Lab::new();
+    let smtp = SmtpServer::start(&scratch);
+    let lab = Lab::new();
+    let config = lab.path("notifier.toml");
+    fs::write(
+        &config,
+        format!(
+            "state_dir = \"{state}\"\n[brute_force]\nfailures = 1\n\
+             [[sink]]\nname = \"mail\"\ntype = \"email\"\nserver = \"127.0.0.1\"\nport = {smtp}\ntls = \"none\"\n\
+             from = \"notifier@web-test-1.example\"\nto = [\"ops@example.test\"]\n\
+             [[sink]]\nname = \"slack\"\ntype = \"slack\"\nurl = \"{base}/slack/T000/B000/XXX\"\n\
+             [[sink]]\nname = \"discord\"\ntype = \"discord\"\nurl = \"{base}/discord/api/webhooks/1/tok\"\n",
+            state = lab.path("state").display(),
+            smtp = smtp.port,
+            base = http.url(""),
+        ),
+    )
+    .expect("config");
+    let n = Notifier::run(&config);
+    // What sshd passes on for an invalid user is whatever the client sent, up to a ':' or '/' (sshd
+    // cuts an auth style or role there). OpenSSH's client refuses such names, so paramiko sends it.
+    let evil = "x\n[reset your password](www.evil.example) @everyone";
+    let script = "import paramiko, socket, sys\n\
+        s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), source_address=('127.0.0.71', 0))\n\
+        t = paramiko.Transport(s)\n\
+        t.start_client(timeout=10)\n\
+        try:\n    t.auth_password(sys.argv[2], 'wrong')\nexcept paramiko.AuthenticationException:\n    print('refused')\n\
+        t.close()\n";
+    let out = run(Command::new("/usr/bin/python3").args(["-c", script, &sshd.port.to_string(), evil]));
+    assert_eq!(out.trim(), "refused", "paramiko (install python3-paramiko: cargo xtask setup)");
+    let events = n.json_until(WAIT, |e| !of_kind(e, "brute_force").is_empty());
+    let brute = of_kind(&events, "brute_force");
+    assert_eq!(brute.len(), 1, "{events:?}\n{}", sshd.log());
+    assert_eq!(brute[0]["users"][0], evil, "the event itself keeps the exact name");
+
+    let mail = smtp.wait(1, WAIT);
+    let (_, body) = mail[0].split_once("\n\n").expect("headers and body");
+    let body = body.replace("=\n", "");
+    let reqs = http.wait(WAIT, |r| r.len() >= 2);
+    let text = |prefix: &str, key: &str| {
+        let r = reqs.iter().find(|r| r.path.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}: {reqs:?}"));
+        r.json()[key].as_str().expect("text").to_string()
+    };
+    let bodies = [("email", body), ("slack", text("/slack", "text")), ("discord", text("/discord", "content"))];
+    for (sink, body) in &bodies {
+        assert!(body.contains("x\\u{a}[reset your password]"), "{sink}: the name is there, on one line: {body:?}");
+        assert!(!body.contains("x\n") && !body.contains("x\r\n"), "{sink}: a line break from the name: {body:?}");
+        assert!(!body.contains("www.evil") && !body.contains("](www."), "{sink}: a link from the name: {body:?}");
+        assert!(!body.contains("@everyone"), "{sink}: a mention from the name: {body:?}");
+    }
+}
+
+#[test]
+fn a_forged_user_with_a_line_separator_or_bidi_override_stays_one_escaped_text_line() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let service = PamService::permit("ntbidi");
+    let n = Notifier::watch(&["--service", &service.name]);
+    let user = "eve\u{2028}root\u{202e}nimda";
+    let status = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["pamtester", "-I", "rhost=127.0.0.72", &service.name, user, "open_session", "close_session"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("pamtester");
+    assert!(status.success());
+    let line = loop {
+        let line = n.next_line(WAIT).unwrap_or_else(|| panic!("no line; stderr:\n{}", n.stderr()));
+        if line.contains(" session_open ") {
+            break line;
+        }
+    };
+    assert!(line.contains("user=eve\\u{2028}root\\u{202e}nimda"), "{line}");
+    assert!(!line.contains('\u{2028}') && !line.contains('\u{202e}'), "{line:?}");
+    assert!(line.contains("trusted=no"), "{line}");
+    assert_eq!(line.split(' ').count(), line.split_whitespace().count(), "space-free tokens: {line:?}");
+}
