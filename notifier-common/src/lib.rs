@@ -59,6 +59,9 @@ pub const RING_USER_BYTES: u32 = 1 << 20;
 /// `su` session takes about 10 records.
 pub const USER_RECORDS_PER_SEC: u64 = 2_000;
 pub const USER_RECORDS_BURST: u64 = 8_000;
+/// Records being built at once, per lane: each thread inside a probe holds one entry for a few
+/// microseconds, so this bounds preempted probes, not callers.
+pub const MAX_BUILDING: u32 = 128;
 /// Real uids whose budget is tracked at once (LRU).
 pub const MAX_BUDGET_UIDS: u32 = 4_096;
 
@@ -175,7 +178,8 @@ pub mod task_flags {
 pub mod lost {
     /// A record was dropped because the ring buffer was full.
     pub const RING_FULL: u32 = 0;
-    /// The entry->return argument map was full; the return of that call is not reported.
+    /// The entry->return argument map was full, so the return of that call is not reported; or too
+    /// many records were being built at once.
     pub const INFLIGHT_FULL: u32 = 1;
     /// The per-handle map could not take a new handle.
     pub const HANDLES_FULL: u32 = 2;

@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use notifier_common::{
     kind, lane, lost, str_flags, task_flags, Budget, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey,
-    SshdAccepted, SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_BUDGET_UIDS, MAX_HANDLES, MAX_INFLIGHT,
-    MAX_SSHD_CONNS, MAX_SSHD_LISTENERS, RING_BYTES, RING_USER_BYTES, USER_RECORDS_BURST, USER_RECORDS_PER_SEC,
+    SshdAccepted, SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_BUDGET_UIDS, MAX_BUILDING, MAX_HANDLES,
+    MAX_INFLIGHT, MAX_SSHD_CONNS, MAX_SSHD_LISTENERS, RING_BYTES, RING_USER_BYTES, USER_RECORDS_BURST,
+    USER_RECORDS_PER_SEC,
 };
 
 // Two of each map that callers fill: one for root callers, one for everyone else (see
@@ -44,8 +45,21 @@ pub static INFLIGHT_USER: LruHashMap<InflightKey, Inflight> = LruHashMap::with_m
 #[map]
 static BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(MAX_BUDGET_UIDS, 0);
 
+/// Where records are built: one entry per thread that is building one, taken before the record
+/// and removed once it is emitted or dropped. Uprobe programs run preemptible, so a per-CPU buffer
+/// could be shared by a preempted probe and the next task's on that CPU, mixing one caller's
+/// strings into another's record; a thread's own entry cannot be. One map per lane, so that users'
+/// threads cannot take the entries root's need.
 #[map]
-static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+static BUILDING: HashMap<u64, Event> = HashMap::with_max_entries(MAX_BUILDING, 0);
+
+#[map]
+static BUILDING_USER: HashMap<u64, Event> = HashMap::with_max_entries(MAX_BUILDING, 0);
+
+/// Bytes to seed a new entry of `BUILDING` with (what they are does not matter: every byte that is
+/// emitted is written first).
+#[map]
+static SEED: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
 /// Filled by the loader: the sshd binaries on this host.
 #[map]
@@ -129,10 +143,26 @@ fn kread<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
-/// A record being built in this CPU's scratch slot.
+/// A record being built in this thread's entry of `BUILDING`.
 pub struct Record {
     event: *mut Event,
     lane: u32,
+    pid_tgid: u64,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let _ = building(self.lane).remove(self.pid_tgid);
+    }
+}
+
+#[inline(always)]
+fn building(lane: u32) -> &'static HashMap<u64, Event> {
+    if lane == lane::ROOT {
+        &BUILDING
+    } else {
+        &BUILDING_USER
+    }
 }
 
 impl Record {
@@ -154,10 +184,20 @@ impl Record {
             count_lost(lane, lost::BUDGET);
             return None;
         }
-        let event = SCRATCH.get_ptr_mut(0)?;
-        // SAFETY: the scratch slot is this CPU's and is valid for the whole program run.
-        let h = unsafe { &mut (*event).header };
         let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: the pointer is to a whole Event in this CPU's slot; its bytes are only copied, by
+        // reference (an Event is far larger than the 512-byte BPF stack).
+        let seed: &Event = unsafe { &*SEED.get_ptr(0)? };
+        if building(lane).insert(pid_tgid, seed, 0).is_err() {
+            count_lost(lane, lost::INFLIGHT_FULL);
+            return None;
+        }
+        let Some(event) = building(lane).get_ptr_mut(pid_tgid) else {
+            let _ = building(lane).remove(pid_tgid);
+            return None;
+        };
+        // SAFETY: the entry is this thread's until the Record is dropped; no other task uses it.
+        let h = unsafe { &mut (*event).header };
         *h = EventHeader {
             kind,
             ts_ns,
@@ -175,7 +215,7 @@ impl Record {
                 h.owner_tgid = state.owner_tgid;
             }
         }
-        Some(Self { event, lane })
+        Some(Self { event, lane, pid_tgid })
     }
 
     #[inline(always)]
@@ -185,14 +225,14 @@ impl Record {
 
     #[inline(always)]
     pub fn header(&mut self) -> &mut EventHeader {
-        // SAFETY: see `new`.
+        // SAFETY: see `in_lane`.
         unsafe { &mut (*self.event).header }
     }
 
     /// Sets the payload to a peer address (`struct sockaddr_in` or `sockaddr_in6` bytes).
     #[inline(always)]
     pub fn set_payload(&mut self, bytes: &[u8; notifier_common::SOCKADDR_LEN]) {
-        // SAFETY: see `new`.
+        // SAFETY: see `in_lane`.
         let event = unsafe { &mut *self.event };
         event.data[..bytes.len()].copy_from_slice(bytes);
         event.header.str_len = bytes.len() as u32;
@@ -202,7 +242,7 @@ impl Record {
     /// failed reads and truncation.
     #[inline(always)]
     pub fn read_user_str(&mut self, src: u64) {
-        // SAFETY: see `new`.
+        // SAFETY: see `in_lane`.
         let event = unsafe { &mut *self.event };
         if src == 0 {
             event.header.str_flags |= str_flags::NULL;
@@ -232,7 +272,7 @@ impl Record {
     /// Writes the header and the used part of the payload to the ring buffer.
     #[inline(always)]
     pub fn emit(self) {
-        // SAFETY: see `new`.
+        // SAFETY: see `in_lane`.
         let event = unsafe { &*self.event };
         let len = event.header.str_len as usize;
         if len > DATA_LEN {

@@ -7,6 +7,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use http_body_util::Full;
@@ -136,24 +137,59 @@ impl Metrics {
     }
 }
 
+/// Connections served at once; one more is closed as soon as it is accepted.
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// And be done within this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Binds `listen` now (so a taken port is a start-up error) and serves `GET /metrics` from a task.
+/// Idle or slow clients cannot hold it, or the daemon's file descriptors: at most
+/// [`MAX_CONNECTIONS`] are open, each must send its headers within [`HEADER_TIMEOUT`], and an
+/// accept error (out of descriptors) backs off instead of spinning. A scrape counts the spool on
+/// the blocking pool, never on the event loop's thread.
 pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, state_dir: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("metrics.listen = \"{listen}\": cannot listen there ({e}); choose a free address and port, or set metrics.enabled = false")
     })?;
     info!(address = %listen, "Serving Prometheus metrics at /metrics.");
     tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut backoff = Duration::from_millis(10);
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(10);
+                    stream
+                }
+                Err(e) => {
+                    debug!(error = %e, "Accepting a metrics connection failed; backing off.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                debug!("Too many metrics connections; closing the newest.");
+                continue;
+            };
             let (metrics, state_dir) = (metrics.clone(), state_dir.clone());
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (metrics, state_dir) = (metrics.clone(), state_dir.clone());
-                async move { Ok::<_, Infallible>(respond(&req, &metrics, &state_dir)) }
+                async move { Ok::<_, Infallible>(respond(&req, &metrics, state_dir).await) }
             });
             tokio::spawn(async move {
+                let _slot = slot;
                 let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
-                    debug!(error = %e, "Metrics connection ended with an error.");
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(io, service);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                    Ok(Err(e)) => debug!(error = %e, "Metrics connection ended with an error."),
+                    Err(_) => debug!("Metrics connection took too long; closed."),
+                    Ok(Ok(())) => {}
                 }
             });
         }
@@ -161,7 +197,7 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, state_dir: PathBuf
     Ok(())
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics, state_dir: &Path) -> Response<Full<Bytes>> {
+async fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics, state_dir: PathBuf) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, kind: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -170,7 +206,10 @@ fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics, state_dir: &
     };
     match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => {
-            metrics.spool_depth.set(crate::state::spool::pending(state_dir) as i64);
+            let pending = tokio::task::spawn_blocking(move || crate::state::spool::pending(&state_dir));
+            if let Ok(n) = pending.await {
+                metrics.spool_depth.set(n as i64);
+            }
             reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
         }
         (&hyper::Method::GET, _) => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics\n".into()),

@@ -116,7 +116,7 @@ impl Default for RawPolicy {
                 Verdict::PamBypassed,
             ],
             learning_days: 0,
-            expire_days: 0,
+            expire_days: 400,
             users: BTreeMap::new(),
         }
     }

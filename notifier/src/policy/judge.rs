@@ -85,8 +85,9 @@ pub enum Judgement {
 }
 
 /// Gives every `session_open` in `batch` its verdict, and learns each trusted login with a peer.
-/// Then forgets what expired. `now` is Unix seconds.
-pub fn judge_and_learn(policy: &config::Policy, history: &mut History, batch: &mut [Judged], now: i64) {
+/// Then forgets what expired. `now` is Unix seconds. Returns whether the history changed.
+pub fn judge_and_learn(policy: &config::Policy, history: &mut History, batch: &mut [Judged], now: i64) -> bool {
+    let mut learned = false;
     for j in batch.iter_mut().filter(|j| j.login.event == EventKind::SessionOpen) {
         let user = j.login.user.as_deref().unwrap_or("");
         let facts = Facts {
@@ -100,10 +101,11 @@ pub fn judge_and_learn(policy: &config::Policy, history: &mut History, batch: &m
         let Decision { verdict, reason, alert, learning } = decide(policy, history, &facts, now);
         if let (Some(ip), true) = (facts.ip, facts.trusted) {
             history.record(&Sighting { user, ip, asn: facts.asn, country: facts.country }, now);
+            learned = true;
         }
         (j.verdict, j.reason, j.alert, j.learning) = (Some(verdict), Some(reason), alert, learning);
     }
-    history.expire(now, policy.expire_days);
+    history.expire(now, policy.expire_days) > 0 || learned
 }
 
 /// Counts trusted failures per IP, marks a login that follows failures from its IP, and puts a
@@ -195,7 +197,7 @@ impl Judge {
         let mut judged: Vec<Judged> = batch.into_iter().map(Judged::from).collect();
         if judged.iter().any(|j| j.login.event == EventKind::SessionOpen) {
             let policy = &self.policy;
-            let ((), saved) = self.store.update_or_keep(|history| judge_and_learn(policy, history, &mut judged, now));
+            let saved = self.store.update_or_keep(|history| judge_and_learn(policy, history, &mut judged, now));
             match (saved, self.history_failing) {
                 (Ok(()), true) => {
                     self.history_failing = false;
@@ -286,7 +288,9 @@ mod tests {
         let policy = Config::from_toml("[policy]\nexpire_days = 30\n").unwrap().policy;
         let mut history = History::default();
         let mut batch = vec![login(EventKind::SessionOpen, "alice", Some("203.0.113.7"), true)];
-        judge_and_learn(&policy, &mut history, &mut batch, NOW);
+        assert!(judge_and_learn(&policy, &mut history, &mut batch, NOW), "a login taught something");
+        let mut forged = vec![login(EventKind::SessionOpen, "alice", Some("203.0.113.9"), false)];
+        assert!(!judge_and_learn(&policy, &mut history, &mut forged, NOW), "a forged one teaches nothing");
         // 29 days later it is known, and that sighting renews it.
         let mut batch = vec![login(EventKind::SessionOpen, "alice", Some("203.0.113.7"), true)];
         judge_and_learn(&policy, &mut history, &mut batch, NOW + 29 * 86_400);
@@ -297,8 +301,9 @@ mod tests {
         let mut batch = vec![login(EventKind::SessionOpen, "alice", Some("203.0.113.7"), true)];
         judge_and_learn(&policy, &mut history, &mut batch, NOW + 61 * 86_400);
         assert_eq!(verdicts(&batch), [Some(Verdict::FirstLogin)]);
-        // Without expire_days, nothing is forgotten.
-        let keep = Config::default().policy;
+        // With expire_days = 0, nothing is forgotten (the default is 400 days).
+        assert_eq!(Config::default().policy.expire_days, 400);
+        let keep = Config::from_toml("[policy]\nexpire_days = 0\n").unwrap().policy;
         judge_and_learn(&keep, &mut history, &mut [], NOW + 3650 * 86_400);
         assert!(history.users.contains_key("alice"));
     }

@@ -88,16 +88,20 @@ pub struct Sighting<'a> {
     pub country: Option<&'a str>,
 }
 
+/// Most IPs (and networks, ASNs, countries) kept per user: past it, the one seen least recently is
+/// forgotten, so that the file stays small whatever a user's logins look like.
+pub const MAX_PER_USER: usize = 1024;
+
 impl History {
     pub fn record(&mut self, s: &Sighting<'_>, now: i64) {
         let u = self.users.entry(s.user.to_string()).or_default();
-        u.ips.entry(s.ip.to_string()).or_default().bump(now);
-        u.networks.entry(network_of(s.ip).to_string()).or_default().bump(now);
+        bump(&mut u.ips, s.ip.to_string(), now);
+        bump(&mut u.networks, network_of(s.ip).to_string(), now);
         if let Some(asn) = s.asn {
-            u.asns.entry(format!("AS{asn}")).or_default().bump(now);
+            bump(&mut u.asns, format!("AS{asn}"), now);
         }
         if let Some(country) = s.country {
-            u.countries.entry(country.to_string()).or_default().bump(now);
+            bump(&mut u.countries, country.to_string(), now);
         }
     }
 
@@ -120,6 +124,16 @@ impl History {
     }
 }
 
+/// Counts a sighting of `key`, forgetting the least recently seen entry past [`MAX_PER_USER`].
+fn bump(map: &mut BTreeMap<String, Seen>, key: String, now: i64) {
+    if !map.contains_key(&key) && map.len() >= MAX_PER_USER {
+        if let Some(stale) = map.iter().min_by_key(|(_, seen)| seen.last).map(|(k, _)| k.clone()) {
+            map.remove(&stale);
+        }
+    }
+    map.entry(key).or_default().bump(now);
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state directory {path}: {source}; create it or set state_dir in the config")]
@@ -139,6 +153,8 @@ pub struct Store {
     /// Identity (device, inode) of the file last loaded; a writer's rename changes it.
     loaded: Option<(u64, u64)>,
     pub history: History,
+    /// Changed in memory and not yet written.
+    unsaved: bool,
 }
 
 impl Store {
@@ -149,8 +165,13 @@ impl Store {
             .mode(0o700)
             .create(dir)
             .map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
-        let mut store =
-            Store { dir: dir.to_path_buf(), path: dir.join(FILE), loaded: None, history: History::default() };
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            path: dir.join(FILE),
+            loaded: None,
+            history: History::default(),
+            unsaved: false,
+        };
         store.reload()?;
         if store.history.created == 0 {
             store.history.created = now;
@@ -206,18 +227,23 @@ impl Store {
 
     /// For the daemon: like [`Store::update`], but `change` is applied to the history in memory even
     /// when the file cannot be locked, read or written (a full disk, say), so that verdicts go on.
-    /// What could not be written is written by the next update that succeeds.
-    pub fn update_or_keep<R>(&mut self, change: impl FnOnce(&mut History) -> R) -> (R, Result<(), StoreError>) {
+    /// `change` says whether it changed anything: the file is written only then, or when an earlier
+    /// change could not be written, which the next update that succeeds writes.
+    pub fn update_or_keep(&mut self, change: impl FnOnce(&mut History) -> bool) -> Result<(), StoreError> {
         let locked = self.lock();
         let reloaded = if locked.is_ok() { self.reload() } else { Ok(()) };
-        let result = change(&mut self.history);
+        self.unsaved |= change(&mut self.history);
+        if !self.unsaved {
+            return locked.and(reloaded);
+        }
         let saved = locked.and_then(|lock| {
             reloaded?;
             self.save()?;
             drop(lock); // Unlocks.
             Ok(())
         });
-        (result, saved)
+        self.unsaved = saved.is_err();
+        saved
     }
 
     /// Takes the exclusive lock that the daemon and the `known` CLI share; held until dropped.
@@ -262,6 +288,39 @@ mod tests {
 
     fn sighting(ip: &str) -> Sighting<'static> {
         Sighting { user: "alice", ip: ip.parse().unwrap(), asn: Some(64500), country: Some("NZ") }
+    }
+
+    #[test]
+    fn each_user_keeps_at_most_the_most_recent_addresses() {
+        let mut h = History::default();
+        for i in 0..(MAX_PER_USER as i64 + 10) {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into();
+            h.record(&Sighting { user: "alice", ip, asn: None, country: None }, 1000 + i);
+        }
+        let u = &h.users["alice"];
+        assert_eq!(u.ips.len(), MAX_PER_USER);
+        assert!(!u.ips.contains_key("10.0.0.0") && u.ips.contains_key("10.0.4.9"), "the oldest went first");
+        assert!(u.networks.len() <= MAX_PER_USER);
+    }
+
+    #[test]
+    fn the_daemon_writes_only_what_teaches_something() {
+        let dir = std::env::temp_dir().join(format!("notifier-history-quiet-{}", std::process::id()));
+        let mut store = Store::open(&dir, 1).unwrap();
+        let file = dir.join(FILE);
+        store.update_or_keep(|_| false).unwrap();
+        assert!(!file.exists(), "nothing learned, nothing written");
+        store
+            .update_or_keep(|h| {
+                h.record(&Sighting { user: "bob", ip: "203.0.113.5".parse().unwrap(), asn: None, country: None }, 5);
+                true
+            })
+            .unwrap();
+        let written = fs::metadata(&file).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store.update_or_keep(|_| false).unwrap();
+        assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), written, "not rewritten");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

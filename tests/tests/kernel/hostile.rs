@@ -249,3 +249,118 @@ fn a_forged_user_with_a_line_separator_or_bidi_override_stays_one_escaped_text_l
     assert!(line.contains("trusted=no"), "{line}");
     assert_eq!(line.split(' ').count(), line.split_whitespace().count(), "space-free tokens: {line:?}");
 }
+
+#[test]
+fn a_thousand_idle_metrics_connections_take_nothing_from_alerts() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // This test's own descriptors: enough for 1,100 connections.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max.min(8192);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let service = PamService::permit("ntidle");
+    let lab = Lab::new();
+    let libpam = private_libpam(&lab);
+    let http = HttpReceiver::start();
+    let port = unused_port();
+    let d = DaemonLab::new(|_| {
+        format!(
+            "[capture]\nlibpam = [\"{}\"]\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
+             [[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+            libpam.display(),
+            http.url("/hook")
+        )
+    });
+    // The daemon with systemd's default soft limit of 1,024 descriptors.
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=1024:1024", "--"]).arg(notifier_bin());
+    cmd.args(["run", "--json", "--config", d.config.to_str().expect("path")]);
+    let n = Notifier::spawn(cmd);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let idle: Vec<std::net::TcpStream> =
+        (0..1100).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()).collect();
+    assert!(idle.len() >= 1000, "{} connections", idle.len());
+
+    run(Command::new(pam_driver()).env("LD_LIBRARY_PATH", &lab.dir).args([
+        "--service",
+        &service.name,
+        "--user",
+        "idleuser",
+        "--rhost",
+        "203.0.113.77",
+    ]));
+    let (e, _) = wait_for(&n, "idleuser", "session_open");
+    assert_eq!((e["verdict"].as_str(), e["alert"].as_bool()), (Some("first_login"), Some(true)), "{e}");
+    let reqs = http.wait(WAIT, |r| !r.is_empty());
+    assert_eq!(reqs[0].json()["event"]["peer"]["ip"], "203.0.113.77", "the alert was delivered");
+    let history = fs::read_to_string(d.state("history.json")).expect("history");
+    assert!(history.contains("idleuser") && history.contains("203.0.113.77"), "{history}");
+    let log = n.stderr();
+    assert!(!log.contains("Cannot write alerts") && !log.contains("Cannot save the login history"), "{log}");
+    // Once the idle ones time out, a scrape works.
+    drop(idle);
+    let text = http_get(port, "/metrics");
+    assert!(text.contains("notifier_events_total"), "{text}");
+}
+
+#[test]
+fn forged_sessions_cannot_mute_the_next_real_login() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    for forged in [12, 100] {
+        let service = PamService::permit("ntmute");
+        let lab = Lab::new();
+        let libpam = private_libpam(&lab);
+        let driver = lab.path("pam-driver");
+        fs::copy(pam_driver(), &driver).expect("copying pam-driver");
+        let http = HttpReceiver::start();
+        let d = DaemonLab::new(|_| {
+            format!(
+                "[capture]\nlibpam = [\"{}\"]\n[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+                libpam.display(),
+                http.url("/hook")
+            )
+        });
+        let n = Notifier::run(&d.config);
+        // As nobody: sessions for the victim's name from made-up addresses, within a minute.
+        run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&driver)
+            .env("LD_LIBRARY_PATH", &lab.dir)
+            .args(["--service", &service.name, "--user", "victim", "--rhost", "198.51.100.{i}"])
+            .args(["--count", &forged.to_string()]));
+        let events = n.json_until(WAIT, |e| of_kind(e, "session_open").len() >= forged);
+        let opens = of_kind(&events, "session_open");
+        assert_eq!(opens.len(), forged);
+        assert!(opens.iter().all(|e| e["verdict"] == "forged" && e["alert"] == true), "{opens:?}");
+        let forged_alerts = http.wait(Duration::from_secs(3), |r| r.len() >= forged.min(10)).len();
+        assert!(forged_alerts <= 10, "{forged_alerts} forged alerts");
+
+        // The real login, from a new address: alerted at once, naming its address and verdict.
+        let before = http.requests().len();
+        run(Command::new(pam_driver()).env("LD_LIBRARY_PATH", &lab.dir).args([
+            "--service",
+            &service.name,
+            "--user",
+            "victim",
+            "--rhost",
+            "203.0.113.99",
+        ]));
+        let done = Instant::now();
+        let is_real = |q: &Request| q.json()["event"]["peer"]["ip"] == "203.0.113.99";
+        let reqs = http.wait(WAIT, |r| r.iter().skip(before).any(is_real));
+        let waited = done.elapsed();
+        let real = reqs.iter().skip(before).find(|q| is_real(q)).expect("the real alert");
+        let j = real.json();
+        assert_eq!((j["verdict"].as_str(), j["event"]["user"].as_str()), (Some("first_login"), Some("victim")), "{j}");
+        assert!(j["body"].as_str().is_some_and(|b| b.contains("203.0.113.99")), "the text names the address: {j}");
+        assert!(waited < Duration::from_secs(1), "after {forged} forged sessions, the real alert took {waited:?}");
+        eprintln!("after {forged} forged sessions ({forged_alerts} forged alerts): the real one in {waited:?}");
+    }
+}
