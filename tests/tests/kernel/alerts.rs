@@ -55,7 +55,11 @@ fn hmac_hex(key: &str, body: &[u8]) -> String {
 fn exec_script(dir: &Path) -> PathBuf {
     let script = dir.join("alert.sh");
     // Writes what it received; quoting keeps event data inert inside the script too.
-    fs::write(&script, "#!/bin/sh\nenv > \"$1/env\"\ncat > \"$1/stdin.json\"\n").expect("script");
+    fs::write(
+        &script,
+        "#!/bin/sh\nenv > \"$1/env\"\ngrep ^Cap /proc/self/status > \"$1/caps\"\ncat > \"$1/stdin.json\"\n",
+    )
+    .expect("script");
     run(Command::new("chmod").arg("755").arg(&script));
     script
 }
@@ -233,6 +237,12 @@ command = ["{script}", "{out}"]
     let stdin: Value =
         serde_json::from_str(&fs::read_to_string(scratch.path("stdin.json")).expect("stdin")).expect("JSON");
     assert_eq!(stdin["event"]["peer"]["port"], port);
+    // The program runs as root with no capability at all: none held, none to gain.
+    let caps = fs::read_to_string(scratch.path("caps")).expect("exec caps");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        let line = caps.lines().find(|l| l.starts_with(set)).unwrap_or_else(|| panic!("{set} in {caps}"));
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
 }
 
 #[test]
