@@ -5,6 +5,16 @@ use std::{path::PathBuf, process::Child};
 
 use super::*;
 
+/// A process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs pam-driver as `nobody` in a network namespace of its own (libpam's audit would resolve a
 /// non-IP rhost), from a copy that `nobody` can execute.
 fn flood_as_nobody(lab: &Lab, service: &str, mode: &str, seconds: u32) -> Child {
@@ -127,15 +137,17 @@ fn a_fake_sshd_with_its_own_libpam_and_libc_cannot_stop_notifier() {
     }
     run(Command::new("chown").args(["-R", "65534:65534"]).arg(&fake));
     let preload = format!("{} {}", fake.join("libpam.so.0").display(), fake.join("libc.so.6").display());
-    let mut impostor = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "env"])
-        .arg(format!("LD_PRELOAD={preload}"))
-        .arg(fake.join("sshd"))
-        .arg("120")
-        .spawn()
-        .expect("impostor");
+    let impostor = Killed(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "env"])
+            .arg(format!("LD_PRELOAD={preload}"))
+            .arg(fake.join("sshd"))
+            .arg("120")
+            .spawn()
+            .expect("impostor"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
-    let maps = format!("/proc/{}/maps", impostor.id());
+    let maps = format!("/proc/{}/maps", impostor.0.id());
     while !fs::read_to_string(&maps).unwrap_or_default().contains("fake/libc.so.6") {
         assert!(Instant::now() < deadline, "the impostor never mapped its libraries");
         std::thread::sleep(Duration::from_millis(50));
@@ -148,7 +160,7 @@ fn a_fake_sshd_with_its_own_libpam_and_libc_cannot_stop_notifier() {
     let attached = log.lines().find(|l| l.contains("Probes attached.")).expect("attach line").to_string();
     assert!(!attached.contains("fake"), "attached to the impostor's files: {attached}");
     let named = log.lines().find(|l| l.contains("Ignoring a process named sshd")).unwrap_or_else(|| panic!("{log}"));
-    assert!(named.contains(&impostor.id().to_string()) && named.contains("uid 65534"), "{named}");
+    assert!(named.contains(&impostor.0.id().to_string()) && named.contains("uid 65534"), "{named}");
     assert!(named.contains("fake/libpam.so.0") && named.contains("fake/libc.so.6"), "{named}");
 
     // And it works: a PAM session through the system libpam is seen.
@@ -160,8 +172,6 @@ fn a_fake_sshd_with_its_own_libpam_and_libc_cannot_stop_notifier() {
     assert!(status.success());
     let (e, _) = wait_for(&n, "root", "session_open");
     assert_eq!(e["peer"]["ip"], "127.0.0.61");
-    let _ = impostor.kill();
-    let _ = impostor.wait();
 }
 
 #[test]
@@ -363,4 +373,94 @@ fn forged_sessions_cannot_mute_the_next_real_login() {
         assert!(waited < Duration::from_secs(1), "after {forged} forged sessions, the real alert took {waited:?}");
         eprintln!("after {forged} forged sessions ({forged_alerts} forged alerts): the real one in {waited:?}");
     }
+}
+
+#[test]
+fn a_user_run_sshd_hammered_with_connections_hides_no_real_login() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // nobody's own sshd on a high port, with its own host key.
+    let lab = Lab::new();
+    let own = lab.path("own");
+    fs::create_dir(&own).expect("mkdir");
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(own.join("host_key")));
+    let port = unused_port();
+    fs::write(
+        own.join("sshd_config"),
+        format!(
+            "ListenAddress 127.0.0.1:{port}\nHostKey {}/host_key\nPidFile none\nUsePAM no\nStrictModes no\n",
+            own.display()
+        ),
+    )
+    .expect("config");
+    run(Command::new("chown").args(["-R", "65534:65534"]).arg(&own));
+    let _impostor = Killed(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/sbin/sshd", "-D", "-e", "-f"])
+            .arg(own.join("sshd_config"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nobody's sshd"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nobody's sshd did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Hammered: connections that send a banner and hang up, as fast as one thread can.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = std::io::Write::write_all(&mut s, b"SSH-2.0-hammer\r\n");
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
+
+    let user = TestUser::new();
+    let with_pam = Sshd::start("PasswordAuthentication no");
+    let without_pam =
+        Sshd::launch(SshdSpec { use_pam: false, extra: "PasswordAuthentication no", ..SshdSpec::default() });
+    user.authorize_key(&with_pam.lab.path("client_key.pub"));
+    let n = Notifier::watch(&["--json"]);
+    let hammering = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut logins = Vec::new();
+    for (i, (sshd, witnesses)) in
+        [(&with_pam, vec!["pam", "sshd"]), (&without_pam, vec!["sshd"])].into_iter().enumerate()
+    {
+        for j in 0..4 {
+            let bind = format!("127.0.84.{}", i * 10 + j + 1);
+            let mut ssh = sshd.ssh_with_key(&with_pam.client_key, &user.name, "127.0.0.1", Some(&bind), &[]);
+            let out = run(ssh.arg("echo \"$SSH_CONNECTION\""));
+            let port: u64 = out.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("client port");
+            logins.push((bind, port, witnesses.clone()));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(hammering.elapsed()));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let hammered = hammer.join().expect("hammer");
+    eprintln!("{hammered} connections to nobody's sshd in {:?}", hammering.elapsed());
+    assert!(hammered > 200, "{hammered} connections to nobody's sshd");
+    let events = n.json_until(WAIT, |e| {
+        of_kind(e, "session_open").iter().filter(|o| o["user"] == user.name.as_str()).count() >= logins.len()
+    });
+    for (bind, port, witnesses) in &logins {
+        let o = of_kind(&events, "session_open")
+            .into_iter()
+            .find(|o| o["peer"]["ip"] == bind.as_str())
+            .unwrap_or_else(|| panic!("no session_open from {bind} ({hammered} hammering connections)"));
+        assert_eq!((o["user"].as_str(), &o["peer"]["port"]), (Some(user.name.as_str()), &Value::from(*port)), "{o}");
+        assert_eq!(o["witnesses"], serde_json::json!(witnesses), "{o}");
+        assert_eq!(o["trusted"], true, "{o}");
+    }
+    // nobody's sshd's connections are not followed: no event names its port's peers.
+    assert!(of_kind(&events, "auth_failure").iter().all(|e| e["comm"] != "sshd" || e["trusted"] == true));
 }
