@@ -21,6 +21,7 @@ use notifier_tests::*;
 
 mod capture;
 mod footprint;
+mod hostile;
 mod logins;
 mod report;
 mod stats;
@@ -28,6 +29,7 @@ mod tracers;
 
 use capture::*;
 use footprint::*;
+use hostile::*;
 use logins::*;
 use report::*;
 use stats::*;
@@ -44,7 +46,7 @@ struct Args {
     /// Results of the fuzz targets that `cargo xtask bench` ran: `name runs seconds outcome`.
     #[arg(long)]
     fuzz: Option<PathBuf>,
-    /// Only these cases (probe, witness, login, latency, throughput, footprint, alert); the table
+    /// Only these cases (probe, witness, login, latency, throughput, footprint, hostile, alert); the table
     /// is printed and BENCHMARKS.md is left alone.
     #[arg(long, value_name = "CASE")]
     only: Vec<String>,
@@ -83,6 +85,9 @@ fn main() {
             Duration::from_secs(if q { 5 } else { 20 }),
             if q { 20_000 } else { 100_000 },
         );
+    }
+    if wanted("hostile") {
+        hostile_load(&mut report, if q { 6 } else { 10 }, if q { 100 } else { 300 });
     }
     if wanted("alert") {
         alert_latency(&mut report, if q { 50 } else { 200 });
