@@ -22,8 +22,9 @@ pub fn reattach(probes: &mut Probes, path: &Path) -> Result<usize, LoadError> {
     Ok(n)
 }
 
-/// Watches the directories of the attached libpam files. A package upgrade renames a new file over
-/// the old one; uprobes stay on the old inode, so new processes would go unseen. [`LibpamWatch::
+/// Watches the directories of the attached libpam files (those that only root can write). A package
+/// upgrade renames a new file over the old one; uprobes stay on the old inode, so new processes
+/// would go unseen. [`LibpamWatch::
 /// replaced`] reports such a path so the caller can [`reattach`].
 pub struct LibpamWatch {
     stream: inotify::EventStream<[u8; 4096]>,
@@ -38,6 +39,12 @@ impl LibpamWatch {
         let mut files = Vec::new();
         for target in targets {
             let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else { continue };
+            // A file that a user could put there is never taken for an upgrade.
+            let d = fs::metadata(dir)?;
+            if d.uid() != 0 || d.mode() & 0o022 != 0 {
+                warn!(dir = %dir.display(), "Not watching this directory for libpam upgrades: root does not own it, or others can write it.");
+                continue;
+            }
             let meta = fs::metadata(target)?;
             let wd = inotify.watches().add(dir, WatchMask::CREATE | WatchMask::MOVED_TO)?;
             files.push((wd, name.to_owned(), target.clone(), (meta.dev(), meta.ino())));
