@@ -70,4 +70,14 @@ pub(crate) fn hostile_load(report: &mut Report, seconds: u64, sessions: usize) {
         met(sum("trusted") == 0),
     );
     report.row("hostile load", "reader CPU during the flood", format!("{cpu_pct:.1} % of one core"), "", "-");
+    if report.per_hit_ns.is_finite() {
+        report.notes.push(format!(
+            "Hostile load: the probes now keep root's callers and everyone else's apart (two rings, a \
+             budget per real uid) and build each record in the calling thread's own buffer. Probe cost \
+             per session: {:.1} µs ({:.0} ns per hit × {HITS_PER_SESSION:.0}), against 12.8 µs (1,595 ns \
+             per hit) before.",
+            report.per_hit_ns * HITS_PER_SESSION / 1000.0,
+            report.per_hit_ns
+        ));
+    }
 }
