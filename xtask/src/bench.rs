@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the benchmark driver (`tests/src/bin/bench.rs`) and the fuzz targets.
+//! `cargo xtask bench`: the benchmark driver (`tests/src/bin/bench/`) and the fuzz targets.
 
 use super::*;
 

@@ -68,8 +68,8 @@ impl<P: ProcessLookup, L: ListenerCheck> Capture<P, L> {
         Some(std::time::Instant::now() + std::time::Duration::from_nanos(at.saturating_sub(now)))
     }
 
-    /// Sessions and connections dropped because their tables were full.
-    /// As (root's sessions and sshd's connections, users' sessions).
+    /// Sessions and connections dropped because their tables were full: (root's sessions and
+    /// sshd's connections, users' sessions).
     pub fn evicted(&self) -> (u64, u64) {
         let a = &self.assembler;
         (a.evicted_root + self.witness.evicted, a.evicted - a.evicted_root)

@@ -74,8 +74,8 @@ pub(crate) fn hostile_load(report: &mut Report, seconds: u64, sessions: usize) {
         report.notes.push(format!(
             "Hostile load: the probes now keep root's callers and everyone else's apart (two rings, a \
              budget per real uid) and build each record in the calling thread's own buffer. Probe cost \
-             per session: {:.1} µs ({:.0} ns per hit × {HITS_PER_SESSION:.0}), against 12.8 µs (1,595 ns \
-             per hit) before.",
+             per session: {:.1} µs ({:.0} ns per hit × {HITS_PER_SESSION:.0}); the BENCHMARKS.md of stop 9, \
+             before this change, had 12.8 µs (1,595 ns per hit), measured on that session's machine.",
             report.per_hit_ns * HITS_PER_SESSION / 1000.0,
             report.per_hit_ns
         ));

@@ -112,7 +112,7 @@ pub(crate) fn write_markdown(path: &Path, report: &Report, quick: bool) {
 pub(crate) const METHOD: &str = "
 ## How each figure is taken
 
-The harness is `tests/src/bin/bench.rs`, run by `cargo xtask bench` (as root). It uses the same
+The harness is `tests/src/bin/bench/`, run by `cargo xtask bench` (as root). It uses the same
 real components as the integration tests: a private sshd on 127.0.0.1, real libpam, and
 `pam-driver`, which calls libpam's `pam_start`/`pam_open_session`/`pam_close_session`/`pam_end`
 directly with a `pam_permit` service. PAM benchmarks use a private copy of libpam (through
