@@ -122,8 +122,10 @@ fn take_budget(uid: u32, now_ns: u64) -> bool {
 #[inline(always)]
 pub fn count_lost(lane: u32, reason: u32) {
     if let Some(counter) = LOST.get_ptr_mut(lost::index(lane, reason)) {
-        // SAFETY: the pointer is to this CPU's slot of a per-CPU array, which only this program
-        // instance touches while it runs (programs are not preempted on a CPU).
+        // SAFETY: the pointer is to this CPU's slot of a per-CPU array, valid for the whole
+        // program run. The add is not atomic (this target has no atomic add in `core`): a probe
+        // preempted between its read and its write can lose another's count on this CPU, so a
+        // count can be low, never high.
         unsafe { *counter += 1 };
     }
 }
