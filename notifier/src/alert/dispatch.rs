@@ -46,9 +46,12 @@ pub struct Dispatcher {
     spool_failing: bool,
 }
 
-/// The HTTP client shared by the HTTP sinks.
+/// The HTTP client shared by the HTTP sinks. It follows no redirect: a 301 or 302 would turn the
+/// POST into a GET without its body (and drop `Authorization`), and the page it lands on would
+/// count as delivered; the sink reports the redirect instead.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(20))
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("notifier/", env!("CARGO_PKG_VERSION")))

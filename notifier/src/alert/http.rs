@@ -212,6 +212,13 @@ impl HttpSink {
         if status.is_success() {
             return Ok(());
         }
+        if status.is_redirection() {
+            let to = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("?");
+            return Err(SinkError::permanent(format!(
+                "HTTP {status}: the server redirects to {to}; put the new address in the sink's config \
+                 (redirects are not followed: they would turn the POST into a GET without the alert)"
+            )));
+        }
         let text: String = response.text().await.unwrap_or_default().chars().take(200).collect();
         let what = format!("HTTP {status}: {text}");
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT

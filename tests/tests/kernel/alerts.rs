@@ -291,14 +291,18 @@ fn failing_receivers_recover_survive_kill_9_and_never_storm() {
     flaky.respond_with(&[500, 500, 500]);
     let rejecting = HttpReceiver::start();
     rejecting.respond_with(&[400; 50]);
+    let moved = HttpReceiver::start();
+    moved.respond_with(&[301; 50]);
     let down_port = unused_port();
     let service = PamService::permit("ntretry");
     let a = AlertLab::new(&format!(
         "[[sink]]\nname = \"flaky\"\ntype = \"webhook\"\nurl = \"{}\"\n\
          [[sink]]\nname = \"rejecting\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+         [[sink]]\nname = \"moved\"\ntype = \"webhook\"\nurl = \"{}\"\n\
          [[sink]]\nname = \"down\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{down_port}/hook\"",
         flaky.url("/hook"),
-        rejecting.url("/hook")
+        rejecting.url("/hook"),
+        moved.url("/hook")
     ));
     let n = Notifier::run(&a.d.config);
     a.login(&service, "retryuser", "198.51.100.99", 1);
@@ -314,6 +318,14 @@ fn failing_receivers_recover_survive_kill_9_and_never_storm() {
     assert_eq!(rejecting.requests().len(), 1, "a 400 must not be retried");
     let dead = fs::read_to_string(a.d.state("dead-letter.jsonl")).expect("dead-letter file");
     assert!(dead.contains("\"sink\":\"rejecting\"") && dead.contains("400"), "{dead}");
+    // 301: not followed (it would turn the POST into a GET that "succeeds"), not delivered, and
+    // the dead letter names where the server points.
+    let moved_reqs = moved.requests();
+    assert_eq!(
+        moved_reqs.iter().map(|r| (r.method.as_str(), r.path.as_str())).collect::<Vec<_>>(),
+        [("POST", "/hook")]
+    );
+    assert!(dead.contains("\"sink\":\"moved\"") && dead.contains("redirects to /moved-here"), "{dead}");
 
     // Down during a kill -9 and a restart: the alert waits in the spool and arrives afterwards.
     let spool = a.d.state("spool/down");
