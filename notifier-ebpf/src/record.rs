@@ -85,14 +85,20 @@ pub fn current_lane() -> u32 {
     }
 }
 
+/// Of a map's two copies, the one of `lane`.
+#[inline(always)]
+fn by_lane<M>(lane: u32, root: &'static M, user: &'static M) -> &'static M {
+    if lane == lane::ROOT {
+        root
+    } else {
+        user
+    }
+}
+
 /// The handle map of `lane`.
 #[inline(always)]
 pub fn handles(lane: u32) -> &'static LruHashMap<HandleKey, HandleState> {
-    if lane == lane::ROOT {
-        &HANDLES
-    } else {
-        &HANDLES_USER
-    }
+    by_lane(lane, &HANDLES, &HANDLES_USER)
 }
 
 /// Takes one record from the budget of the unprivileged real uid `uid`; false when it has none
@@ -160,11 +166,7 @@ impl Drop for Record {
 
 #[inline(always)]
 fn building(lane: u32) -> &'static HashMap<u64, Event> {
-    if lane == lane::ROOT {
-        &BUILDING
-    } else {
-        &BUILDING_USER
-    }
+    by_lane(lane, &BUILDING, &BUILDING_USER)
 }
 
 impl Record {
@@ -406,11 +408,7 @@ fn find_handle(tgid: u32, ppid: u32, handle: u64) -> Option<HandleState> {
 /// The in-flight map of `lane`.
 #[inline(always)]
 fn inflight(lane: u32) -> &'static LruHashMap<InflightKey, Inflight> {
-    if lane == lane::ROOT {
-        &INFLIGHT
-    } else {
-        &INFLIGHT_USER
-    }
+    by_lane(lane, &INFLIGHT, &INFLIGHT_USER)
 }
 
 /// Saves arguments at a function's entry for its return probe.

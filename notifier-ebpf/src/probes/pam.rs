@@ -191,10 +191,10 @@ pub fn pam_exit_close_session(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn pam_enter_end(ctx: ProbeContext) -> u32 {
     let handle = arg(&ctx, 0);
-    let lane = current_lane();
     let Some(mut rec) = Record::new(kind::END, handle) else {
         return 0;
     };
+    let lane = rec.lane();
     let owner = {
         let h = rec.header();
         h.item = arg(&ctx, 1) as u32;

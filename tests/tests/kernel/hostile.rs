@@ -15,19 +15,29 @@ impl Drop for Killed {
     }
 }
 
-/// Runs pam-driver as `nobody` in a network namespace of its own (libpam's audit would resolve a
-/// non-IP rhost), from a copy that `nobody` can execute.
-fn flood_as_nobody(lab: &Lab, service: &str, mode: &str, seconds: u32) -> Child {
+/// `setpriv` arguments that run the rest of the command as `nobody`.
+const AS_NOBODY: [&str; 4] = ["--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+
+/// A copy of pam-driver in `lab` that `nobody` can execute (the build's may be in a directory it
+/// cannot enter).
+fn pam_driver_for_nobody(lab: &Lab) -> PathBuf {
     let driver = lab.path("pam-driver");
     if !driver.exists() {
         fs::copy(pam_driver(), &driver).expect("copying pam-driver");
         fs::set_permissions(&driver, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     }
+    driver
+}
+
+/// Runs pam-driver as `nobody` in a network namespace of its own (libpam's audit would resolve a
+/// non-IP rhost).
+fn flood_as_nobody(lab: &Lab, service: &str, mode: &str, seconds: u32) -> Child {
     let rhost = "h".repeat(4000);
     Command::new("unshare")
         .arg("--net")
-        .args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&driver)
+        .arg("setpriv")
+        .args(AS_NOBODY)
+        .arg(pam_driver_for_nobody(lab))
         .args(["--service", service, "--user", "victim", "--rhost", &rhost, "--threads", "2"])
         .args(["--flood", mode, "--seconds", &seconds.to_string()])
         .stdout(Stdio::piped())
@@ -139,7 +149,8 @@ fn a_fake_sshd_with_its_own_libpam_and_libc_cannot_stop_notifier() {
     let preload = format!("{} {}", fake.join("libpam.so.0").display(), fake.join("libc.so.6").display());
     let impostor = Killed(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "env"])
+            .args(AS_NOBODY)
+            .arg("env")
             .arg(format!("LD_PRELOAD={preload}"))
             .arg(fake.join("sshd"))
             .arg("120")
@@ -242,7 +253,7 @@ fn a_forged_user_with_a_line_separator_or_bidi_override_stays_one_escaped_text_l
     let n = Notifier::watch(&["--service", &service.name]);
     let user = "eve\u{2028}root\u{202e}nimda";
     let status = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(AS_NOBODY)
         .args(["pamtester", "-I", "rhost=127.0.0.72", &service.name, user, "open_session", "close_session"])
         .stdout(Stdio::null())
         .status()
@@ -327,8 +338,7 @@ fn forged_sessions_cannot_mute_the_next_real_login() {
         let service = PamService::permit("ntmute");
         let lab = Lab::new();
         let libpam = private_libpam(&lab);
-        let driver = lab.path("pam-driver");
-        fs::copy(pam_driver(), &driver).expect("copying pam-driver");
+        let driver = pam_driver_for_nobody(&lab);
         let http = HttpReceiver::start();
         let d = DaemonLab::new(|_| {
             format!(
@@ -340,7 +350,7 @@ fn forged_sessions_cannot_mute_the_next_real_login() {
         let n = Notifier::run(&d.config);
         // As nobody: sessions for the victim's name from made-up addresses, within a minute.
         run(Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(AS_NOBODY)
             .arg(&driver)
             .env("LD_LIBRARY_PATH", &lab.dir)
             .args(["--service", &service.name, "--user", "victim", "--rhost", "198.51.100.{i}"])
@@ -397,7 +407,8 @@ fn a_user_run_sshd_hammered_with_connections_hides_no_real_login() {
     run(Command::new("chown").args(["-R", "65534:65534"]).arg(&own));
     let _impostor = Killed(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/sbin/sshd", "-D", "-e", "-f"])
+            .args(AS_NOBODY)
+            .args(["/usr/sbin/sshd", "-D", "-e", "-f"])
             .arg(own.join("sshd_config"))
             .stderr(Stdio::null())
             .spawn()
