@@ -48,6 +48,11 @@ pub mod names {
     pub const SSHD_ACCEPTED: &str = "SSHD_ACCEPTED";
     /// LRU hash: tgid -> [`crate::SshdConn`], every process of a live sshd connection.
     pub const SSHD_CONNS: &str = "SSHD_CONNS";
+    /// Hash: tgid -> [`crate::SshdConn`], every process below a connection's logged-in children:
+    /// the user's shell and what it runs, so that `su` or `sudo` there names the connection it
+    /// came from. A plain hash (not LRU): a user who forks until it is full stops the tracking of
+    /// new processes, and never evicts another connection's.
+    pub const SSHD_ORIGIN: &str = "SSHD_ORIGIN";
 }
 
 /// Size of the root callers' ring buffer, in bytes (a power-of-two multiple of the page size).
@@ -84,12 +89,15 @@ pub const MAX_INFLIGHT: u32 = 8_192;
 pub const DATA_LEN: usize = 4096;
 /// Entries in the sshd connection map: processes of live sshd connections, two or three each.
 pub const MAX_SSHD_CONNS: u32 = 16_384;
+/// Entries in the map of processes started inside sshd sessions (users' shells and their children).
+pub const MAX_SSHD_ORIGIN: u32 = 32_768;
 /// Entries in the map of accepted-but-not-yet-forked peers: one per sshd listener.
 pub const MAX_SSHD_LISTENERS: u32 = 256;
 /// `sizeof(struct sockaddr_in6)`, the largest peer address `accept()` returns to sshd.
 pub const SOCKADDR_LEN: usize = 28;
 /// Processes below a connection's own process (depth 1) that are tracked: the pre-auth child and
-/// the post-auth child are at depth 2; the user's shell and its children are not tracked.
+/// the post-auth child are at depth 2. The user's shell and its children are followed in
+/// `SSHD_ORIGIN` instead, for the origin of their PAM sessions.
 pub const SSHD_MAX_DEPTH: u16 = 2;
 /// `TASK_COMM_LEN` in the kernel.
 pub const COMM_LEN: usize = 16;
@@ -242,10 +250,15 @@ pub struct EventHeader {
     pub str_len: u32,
     /// `bpf_get_current_comm()`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// On `pam_start` records of a process inside an sshd session (`SSHD_ORIGIN`): the connection
+    /// it runs in, as `SshdConn::conn_ns` and `owner_tgid`; 0 otherwise.
+    pub origin_ns: u64,
+    pub origin_tgid: u32,
+    pub _pad: u32,
 }
 
 /// Size of [`EventHeader`] on the wire.
-pub const HEADER_LEN: usize = 104;
+pub const HEADER_LEN: usize = 120;
 const _: () = assert!(size_of::<EventHeader>() == HEADER_LEN);
 const _: () = assert!(HEADER_LEN.is_multiple_of(8));
 

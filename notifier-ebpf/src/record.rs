@@ -14,7 +14,7 @@ use aya_ebpf::{
 use notifier_common::{
     kind, lane, lost, str_flags, task_flags, Budget, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey,
     SshdAccepted, SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_BUDGET_UIDS, MAX_BUILDING, MAX_HANDLES,
-    MAX_INFLIGHT, MAX_SSHD_CONNS, MAX_SSHD_LISTENERS, RING_BYTES, RING_USER_BYTES, USER_RECORDS_BURST,
+    MAX_INFLIGHT, MAX_SSHD_CONNS, MAX_SSHD_LISTENERS, MAX_SSHD_ORIGIN, RING_BYTES, RING_USER_BYTES, USER_RECORDS_BURST,
     USER_RECORDS_PER_SEC,
 };
 
@@ -70,6 +70,9 @@ pub static SSHD_ACCEPTED: LruHashMap<u32, SshdAccepted> = LruHashMap::with_max_e
 
 #[map]
 pub static SSHD_CONNS: LruHashMap<u32, SshdConn> = LruHashMap::with_max_entries(MAX_SSHD_CONNS, 0);
+
+#[map]
+pub static SSHD_ORIGIN: HashMap<u32, SshdConn> = HashMap::with_max_entries(MAX_SSHD_ORIGIN, 0);
 
 /// Filled by the loader from the kernel's BTF before the object is loaded.
 #[unsafe(no_mangle)]

@@ -72,12 +72,42 @@ pub struct LoginEvent {
     /// without the PAM session its configuration calls for. Absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missed_by: Vec<&'static str>,
+    /// For a PAM session started inside an SSH login (`su`, `sudo` in that login's shell): the
+    /// login it came from. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// The kernel's key of that login's connection (its process, and the time of its `accept()`),
+    /// which the sshd witness resolves into `origin`. Not part of the event stream.
+    #[serde(skip)]
+    pub origin_conn: Option<(u32, u64)>,
     /// Only on `session_close`: null when the open was not seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<Option<u64>>,
     /// Names of the fields that were cut to fit; absent when none were.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub truncated: Vec<&'static str>,
+}
+
+/// The SSH login a PAM session was started in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The SSH client's address.
+    pub peer: Option<Peer>,
+    /// The user who logged in over SSH.
+    pub user: Option<String>,
+    /// The `session` of that login's events.
+    pub session: String,
+}
+
+/// `alice@203.0.113.7:52144`, with `-` for what is not known.
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.user.as_deref().unwrap_or("-");
+        match self.peer {
+            Some(peer) => write!(f, "{user}@{peer}"),
+            None => write!(f, "{user}@-"),
+        }
+    }
 }
 
 /// Records the kernel or userspace could not deliver, reported as their own event.
@@ -147,12 +177,7 @@ pub fn text_line(e: &LoginEvent) -> String {
         let _ = write!(line, " {key}={}", value.map_or_else(|| "-".to_string(), escape_text));
     };
     field(&mut line, "user", e.user.as_deref());
-    let from = e.peer.map(|p| match (p.ip, p.port) {
-        (std::net::IpAddr::V6(ip), Some(port)) => format!("[{ip}]:{port}"),
-        (ip, Some(port)) => format!("{ip}:{port}"),
-        (ip, None) => ip.to_string(),
-    });
-    match from {
+    match e.peer.map(|p| p.to_string()) {
         Some(from) => field(&mut line, "from", Some(&from)),
         None => field(&mut line, "from", e.rhost.as_deref()),
     }
@@ -163,6 +188,9 @@ pub fn text_line(e: &LoginEvent) -> String {
     }
     if let Some(tty) = e.tty.as_deref() {
         field(&mut line, "tty", Some(tty));
+    }
+    if let Some(origin) = &e.origin {
+        field(&mut line, "origin", Some(&origin.to_string()));
     }
     if let Some(result) = e.pam_result.as_deref() {
         field(&mut line, "result", Some(result));
@@ -307,6 +335,8 @@ pub fn sample_login() -> LoginEvent {
         session: "0123456789abcdef".into(),
         witnesses: vec!["pam", "sshd"],
         missed_by: vec![],
+        origin: None,
+        origin_conn: None,
         duration_ms: None,
         truncated: vec![],
     }

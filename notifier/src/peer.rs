@@ -16,6 +16,17 @@ pub struct Peer {
     pub port: Option<u16>,
 }
 
+/// `203.0.113.7:52144`, `[2001:db8::7]:2222`, or the bare address when the port is not known.
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.ip, self.port) {
+            (IpAddr::V6(ip), Some(port)) => write!(f, "[{ip}]:{port}"),
+            (ip, Some(port)) => write!(f, "{ip}:{port}"),
+            (ip, None) => write!(f, "{ip}"),
+        }
+    }
+}
+
 /// The two ends of an SSH connection, from `SSH_CONNECTION=<ip> <port> <local ip> <local port>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SshConnection {

@@ -21,8 +21,16 @@ pub enum Verdict {
     NewCountry,
     /// The first login seen for this user.
     FirstLogin,
-    /// No remote peer: console, su, sudo.
+    /// No remote peer, a person at the machine: a console login, or su, sudo or runuser that was
+    /// not run inside an SSH login.
     Local,
+    /// No remote peer, a session the machine opens for itself: cron, atd, systemd-user, and any
+    /// other session without a terminal.
+    Machine,
+    /// su, sudo or runuser inside an SSH login whose source is known.
+    PrivilegeChange,
+    /// su, sudo or runuser inside an SSH login whose source was not known when it logged in.
+    PrivilegeChangeNewSource,
     /// Started by an untrusted process: the values may be forged.
     Forged,
     /// Repeated authentication failures from one IP.
@@ -43,6 +51,9 @@ impl Verdict {
             Self::NewCountry => "new_country",
             Self::FirstLogin => "first_login",
             Self::Local => "local",
+            Self::Machine => "machine",
+            Self::PrivilegeChange => "privilege_change",
+            Self::PrivilegeChangeNewSource => "privilege_change_new_source",
             Self::Forged => "forged",
             Self::BruteForce => "brute_force",
             Self::PamBypassed => "pam_bypassed",

@@ -19,6 +19,8 @@ mod alerts;
 mod daemon;
 #[path = "kernel/hostile.rs"]
 mod hostile;
+#[path = "kernel/local.rs"]
+mod local;
 #[path = "kernel/resilience.rs"]
 mod resilience;
 #[path = "kernel/service.rs"]

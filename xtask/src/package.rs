@@ -124,6 +124,8 @@ pub(crate) fn install(args: &InstallArgs) -> Result<()> {
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o700))?;
+        // The unit's ConfigurationDirectoryMode=: systemd warns when the directory differs.
+        std::fs::set_permissions(args.at(CONFIG_DIR), std::fs::Permissions::from_mode(0o700))?;
     }
     if args.live() && systemd_running() {
         check(Command::new("systemctl").arg("daemon-reload"))?;
@@ -247,9 +249,11 @@ pub(crate) fn verify_installed(bin: &Path, unit: &Path, completions: &[PathBuf])
     if mode != 0o600 {
         bail!("{CONFIG} has mode {mode:o}; it may hold secrets and must be 0600");
     }
-    let mode = std::fs::metadata(CREDENTIALS)?.permissions().mode() & 0o777;
-    if mode != 0o700 {
-        bail!("{CREDENTIALS} has mode {mode:o}; want 0700");
+    for dir in [CONFIG_DIR, CREDENTIALS] {
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            bail!("{dir} has mode {mode:o}; want 0700 (the unit's ConfigurationDirectoryMode=)");
+        }
     }
     let verify = Command::new("systemd-analyze").arg("verify").arg(unit).output()?;
     let complaints = String::from_utf8_lossy(&verify.stderr).into_owned();

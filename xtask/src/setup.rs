@@ -25,6 +25,8 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "strace",
     "man-db",
     "systemd",
+    "sudo",
+    "cron",
 ];
 
 /// What to set up for.

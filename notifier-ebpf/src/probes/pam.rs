@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use notifier_common::{env, func, item, kind, lost, HandleKey, HandleState, Inflight};
 
-use crate::record::{count_lost, current_lane, handles, save_inflight, take_inflight, tgid, Record};
+use crate::record::{count_lost, current_lane, handles, save_inflight, take_inflight, tgid, Record, SSHD_ORIGIN};
 
 /// Argument `n` as a raw 64-bit value (pointer or integer), 0 if it cannot be read.
 #[inline(always)]
@@ -66,6 +66,11 @@ pub fn pam_exit_start(ctx: RetProbeContext) -> u32 {
         h.handle = handle;
         h.owner_tgid = owner;
         h.session_start_ns = h.ts_ns;
+        // SAFETY: the value is copied out at once.
+        if let Some(origin) = unsafe { SSHD_ORIGIN.get(owner) } {
+            h.origin_ns = origin.conn_ns;
+            h.origin_tgid = origin.owner_tgid;
+        }
         h.ts_ns
     };
     let key = HandleKey { tgid: owner, _pad: 0, handle };

@@ -28,7 +28,9 @@ use aya_ebpf::{
 };
 use notifier_common::{kind, lane, lost, sshd_flags, sshd_item, SshdAccepted, SshdConn, SOCKADDR_LEN, SSHD_MAX_DEPTH};
 
-use crate::record::{count_lost, current_lane, exit_code, running_sshd, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS};
+use crate::record::{
+    count_lost, current_lane, exit_code, running_sshd, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS, SSHD_ORIGIN,
+};
 
 /// Offset of `child_pid` in `sched:sched_process_fork` records. It moved when the comm fields
 /// became `__data_loc` (44 before, 20 on 6.18), so the loader reads it from the event's format.
@@ -91,12 +93,22 @@ pub fn sshd_sched_process_fork(ctx: TracePointContext) -> u32 {
         }
         return 0;
     }
+    // SAFETY: the value is copied out at once.
+    if let Some(origin) = unsafe { SSHD_ORIGIN.get(parent) }.copied() {
+        follow_session(child, origin);
+        return 0;
+    }
     let Some(conn) = SSHD_CONNS.get_ptr_mut(parent) else {
         return 0;
     };
     // SAFETY: the pointer is to a live map value; concurrent updates only race on flag bits.
     let parent_conn = unsafe { &mut *conn };
     if parent_conn.depth >= SSHD_MAX_DEPTH {
+        // A child of the post-auth process (or, on OpenSSH 9.7 and older, of a root session's
+        // process): the user's shell. The pre-auth child's are not the user's.
+        if parent_conn.flags & sshd_flags::FIRST_CHILD == 0 {
+            follow_session(child, *parent_conn);
+        }
         return 0;
     }
     let mut flags = 0;
@@ -114,6 +126,15 @@ pub fn sshd_sched_process_fork(ctx: TracePointContext) -> u32 {
         count_lost(lane::ROOT, lost::HANDLES_FULL);
     }
     0
+}
+
+/// Adds `child` to the processes inside `conn`'s sessions. When the map is full the child is not
+/// followed (counted): the entries of other connections stay.
+#[inline(always)]
+fn follow_session(child: u32, conn: SshdConn) {
+    if SSHD_ORIGIN.insert(child, conn, 0).is_err() {
+        count_lost(lane::USER, lost::HANDLES_FULL);
+    }
 }
 
 /// A record about the calling process's connection; `None` if the ring's scratch is unavailable.
@@ -177,6 +198,7 @@ pub fn sshd_sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     // Keys are the pids forks report, so a thread of a tracked process may have one of its own.
+    let _ = SSHD_ORIGIN.remove(tid);
     // SAFETY: the value is copied out at once.
     let Some(conn) = (unsafe { SSHD_CONNS.get(tid) }).copied() else {
         return 0;

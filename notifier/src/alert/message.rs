@@ -4,6 +4,7 @@
 use minijinja::Environment;
 
 use super::{Alert, AlertKind};
+use crate::verdict::Verdict;
 
 /// Title and body of one alert.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,7 +102,13 @@ pub fn default_message(a: &Alert) -> Message {
         .collect::<Vec<_>>()
         .join(" ");
     let how = if how.is_empty() { String::new() } else { format!(" with {how}") };
+    let privilege = matches!(a.verdict, Some(Verdict::PrivilegeChange | Verdict::PrivilegeChangeNewSource));
     match a.kind {
+        // "alice (from 198.51.100.7:52144) became root with sudo; …": the reason says it all.
+        AlertKind::Login if privilege => Message {
+            title: format!("{user} on {} with {}", a.host, a.service.as_deref().unwrap_or("?")),
+            body: format!("{}: {}", a.host, a.reason),
+        },
         AlertKind::Login => Message {
             title: format!("{user} logged in to {} from {}", a.host, a.ip.map_or("local".into(), |i| i.to_string())),
             body: format!("{user} logged in to {} from {from}{place}{how} \u{2014} {}", a.host, a.reason),

@@ -186,7 +186,7 @@ mod tests {
         event::sample_login,
     };
 
-    const EVERY_VERDICT: [Verdict; 11] = [
+    const EVERY_VERDICT: [Verdict; 14] = [
         Verdict::Allowlisted,
         Verdict::Known,
         Verdict::NewIp,
@@ -195,6 +195,9 @@ mod tests {
         Verdict::NewCountry,
         Verdict::FirstLogin,
         Verdict::Local,
+        Verdict::Machine,
+        Verdict::PrivilegeChange,
+        Verdict::PrivilegeChangeNewSource,
         Verdict::Forged,
         Verdict::BruteForce,
         Verdict::PamBypassed,

@@ -95,6 +95,9 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
     /// Takes one PAM event from the session assembler; appends what is due to `out`.
     pub fn pam_event(&mut self, mut e: LoginEvent, now_ns: u64, out: &mut Vec<LoginEvent>) {
         e.witnesses = vec![PAM];
+        if let Some(conn) = e.origin_conn {
+            e.origin = self.origin(conn);
+        }
         // A held open goes out before anything that follows it in the same session.
         let held_open = self.conns.get(&e.owner_pid).and_then(|c| c.held.as_ref());
         if e.event != EventKind::SessionOpen && matches!(held_open, Some((Held::Pam(_), _))) {
@@ -106,6 +109,7 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
         };
         match e.event {
             EventKind::SessionOpen if c.opened.is_none() => {
+                c.pam_session = Some(e.session.clone());
                 if matches!(c.held, Some((Held::Sshd { .. }, _))) {
                     c.held = None; // PAM's open, late, is the login sshd already saw.
                 }

@@ -48,6 +48,8 @@ struct Session {
     opened_ns: Option<u64>,
     closed: bool,
     untrusted: bool,
+    /// The sshd connection whose session the `pam_start` caller runs in.
+    origin: Option<(u32, u64)>,
     /// Started by a root caller (real uid 0): kept before any other session when the table is full.
     root: bool,
     last_ns: u64,
@@ -64,11 +66,21 @@ pub struct Assembler<P> {
     /// Sessions dropped because the table was full, and of those, root callers' sessions.
     pub evicted: u64,
     pub evicted_root: u64,
+    /// Records of unprivileged children on their parent's handle, left out (see `push`).
+    pub ignored_from_children: u64,
 }
 
 impl<P: ProcessLookup> Assembler<P> {
     pub fn new(ctx: HostContext, procs: P, capacity: usize) -> Self {
-        Self { sessions: HashMap::new(), capacity: capacity.max(1), ctx, procs, evicted: 0, evicted_root: 0 }
+        Self {
+            sessions: HashMap::new(),
+            capacity: capacity.max(1),
+            ctx,
+            procs,
+            evicted: 0,
+            evicted_root: 0,
+            ignored_from_children: 0,
+        }
     }
 
     /// Sessions currently tracked.
@@ -94,6 +106,13 @@ impl<P: ProcessLookup> Assembler<P> {
         if rec.kind == RecordKind::Start {
             self.sessions.remove(&key);
         }
+        // Trust follows the handle's owner: a forked child that uses its parent's handle after
+        // dropping privileges (su's and runuser's child ending its copy) neither taints a trusted
+        // session nor changes it, so a forged close from such a child is never believed.
+        if rec.tgid() != key.owner_tgid && !rec.trusted() && self.sessions.get(&key).is_none_or(|s| !s.untrusted) {
+            self.ignored_from_children += 1;
+            return;
+        }
         if !self.sessions.contains_key(&key) {
             self.make_room();
             let id = self.session_id(&key);
@@ -108,6 +127,7 @@ impl<P: ProcessLookup> Assembler<P> {
             RecordKind::Start => {
                 s.seen_start = true;
                 s.service = field();
+                s.origin = (h.origin_tgid != 0).then_some((h.origin_tgid, h.origin_ns));
                 None
             }
             RecordKind::StartUser => {
@@ -210,6 +230,8 @@ impl<P: ProcessLookup> Assembler<P> {
             session: s.id.clone(),
             witnesses: vec!["pam"],
             missed_by: Vec::new(),
+            origin: None,
+            origin_conn: s.origin,
             duration_ms: duration,
             truncated,
         }

@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     clock::format_time,
-    event::{bytes_to_text, EventKind, LoginEvent},
+    event::{bytes_to_text, EventKind, LoginEvent, Origin},
     id::short_id,
     peer::{peer_from_sockaddr, Peer},
     procinfo::{HostContext, ProcessLookup},
@@ -108,6 +108,8 @@ pub(super) struct Conn {
     pub(super) sshd_user: Option<String>,
     pub(super) held: Option<(Held, u64)>,
     pub(super) last_ns: u64,
+    /// The `session` of PAM's `session_open` for this connection, once it went out.
+    pub(super) pam_session: Option<String>,
 }
 
 pub struct Witness<P, L> {
@@ -133,6 +135,15 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
             listeners,
             evicted: 0,
         }
+    }
+
+    /// The SSH login a PAM session started in, from the kernel's key of its connection: the
+    /// peer, the user who logged in, and the `session` of that login's events. `None` for a
+    /// connection that is gone, or whose listener is not a known sshd binary.
+    pub(super) fn origin(&self, (owner, conn_ns): (u32, u64)) -> Option<Origin> {
+        let c = self.conns.get(&owner).filter(|c| c.conn_ns == conn_ns && c.trusted)?;
+        let user = c.login.as_ref().filter(|l| !l.truncated).map(|l| l.user.clone()).or_else(|| c.pam_user.clone());
+        Some(Origin { peer: c.peer, user, session: c.pam_session.clone().unwrap_or_else(|| c.id.clone()) })
     }
 
     /// Connections tracked now.
@@ -286,6 +297,7 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
             sshd_user: None,
             held: None,
             last_ns: h.ts_ns,
+            pam_session: None,
         };
         self.conns.insert(owner, conn);
     }
@@ -368,6 +380,8 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
             session: c.id.clone(),
             witnesses: vec![SSHD],
             missed_by: Vec::new(),
+            origin: None,
+            origin_conn: None,
             duration_ms: None,
             truncated: Vec::new(),
         }

@@ -96,6 +96,11 @@ pub struct Policy {
     pub alert_on: Vec<Verdict>,
     pub learning_days: u32,
     pub expire_days: u32,
+    /// PAM services of sessions the machine opens for itself (verdict `machine`).
+    pub machine_services: Vec<String>,
+    /// PAM services that change a person's privileges (`local`, or `privilege_change*` inside an
+    /// SSH login).
+    pub privilege_services: Vec<String>,
     pub users: BTreeMap<String, UserPolicy>,
 }
 
@@ -214,6 +219,8 @@ impl Config {
                 alert_on: raw.policy.alert_on,
                 learning_days: raw.policy.learning_days,
                 expire_days: raw.policy.expire_days,
+                machine_services: raw.policy.machine_services,
+                privilege_services: raw.policy.privilege_services,
                 users: raw
                     .policy
                     .users

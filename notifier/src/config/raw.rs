@@ -96,6 +96,8 @@ pub struct RawPolicy {
     pub alert_on: Vec<Verdict>,
     pub learning_days: u32,
     pub expire_days: u32,
+    pub machine_services: Vec<String>,
+    pub privilege_services: Vec<String>,
     pub users: BTreeMap<String, RawUserPolicy>,
 }
 
@@ -103,20 +105,24 @@ impl Default for RawPolicy {
     fn default() -> Self {
         Self {
             known_networks: Vec::new(),
-            // Everything but allowlisted and known.
+            // Remote logins from a source that is not known, and what may be an attack; not
+            // allowlisted, known, or the sessions without a remote peer.
             alert_on: vec![
                 Verdict::FirstLogin,
                 Verdict::NewIp,
                 Verdict::NewNetwork,
                 Verdict::NewAsn,
                 Verdict::NewCountry,
-                Verdict::Local,
                 Verdict::Forged,
                 Verdict::BruteForce,
                 Verdict::PamBypassed,
             ],
             learning_days: 0,
             expire_days: 400,
+            machine_services: ["cron", "crond", "atd", "systemd-user"].map(String::from).to_vec(),
+            privilege_services: ["su", "su-l", "sudo", "sudo-i", "runuser", "runuser-l", "doas", "run0"]
+                .map(String::from)
+                .to_vec(),
             users: BTreeMap::new(),
         }
     }

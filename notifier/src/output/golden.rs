@@ -8,7 +8,7 @@ use crate::{
         geo::{Asn, Geo},
         process::Ancestor,
     },
-    event::{sample_login, EventKind, Format, LostEvent},
+    event::{sample_login, EventKind, Format, LostEvent, Origin},
     peer::Peer,
     policy::{BruteForceEvent, Judged, Judgement},
     verdict::Verdict,
@@ -56,10 +56,18 @@ fn outputs() -> Vec<Output> {
     let mut sudo = sample_login();
     (sudo.service, sudo.peer, sudo.rhost, sudo.tty, sudo.auth) =
         (Some("sudo".into()), None, None, Some("/dev/pts/0".into()), None);
+    (sudo.user, sudo.ruser) = (Some("root".into()), Some("alice".into()));
+    sudo.origin = Some(Origin {
+        peer: Some(Peer { ip: "203.0.113.7".parse().unwrap(), port: Some(52144) }),
+        user: Some("alice".into()),
+        session: "0123456789abcdef".into(),
+    });
     let local = Judged {
         login: sudo,
-        verdict: Some(Verdict::Local),
-        reason: Some("local login for alice (no remote peer)".into()),
+        verdict: Some(Verdict::PrivilegeChange),
+        reason: Some(
+            "alice (from 203.0.113.7:52144) became root with sudo; the SSH login came from a known source".into(),
+        ),
         alert: false,
         learning: true,
         geo: None,

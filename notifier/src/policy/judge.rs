@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{bruteforce::Detector, decide, Decision, Facts, Verdict};
+use super::{bruteforce::Detector, decide, origin::LoginSources, Decision, Facts, Verdict};
 use crate::{
     config,
     enrich::{
@@ -86,21 +86,34 @@ pub enum Judgement {
 
 /// Gives every `session_open` in `batch` its verdict, and learns each trusted login with a peer.
 /// Then forgets what expired. `now` is Unix seconds. Returns whether the history changed.
-pub fn judge_and_learn(policy: &config::Policy, history: &mut History, batch: &mut [Judged], now: i64) -> bool {
+/// `sources` remembers how each remote login was judged, for the `su` and `sudo` run inside it.
+pub fn judge_and_learn(
+    policy: &config::Policy,
+    history: &mut History,
+    sources: &mut LoginSources,
+    batch: &mut [Judged],
+    now: i64,
+) -> bool {
     let mut learned = false;
     for j in batch.iter_mut().filter(|j| j.login.event == EventKind::SessionOpen) {
-        let user = j.login.user.as_deref().unwrap_or("");
+        let l = &j.login;
+        let user = l.user.as_deref().unwrap_or("");
         let facts = Facts {
             user,
-            ip: j.login.peer.map(|p| p.ip),
-            trusted: j.login.trusted,
+            ip: l.peer.map(|p| p.ip),
+            trusted: l.trusted,
             asn: j.asn.as_ref().map(|a| a.number),
             country: j.geo.as_ref().and_then(|g| g.country.as_deref()),
-            pam_bypassed: j.login.missed_by.contains(&"pam"),
+            pam_bypassed: l.missed_by.contains(&"pam"),
+            service: l.service.as_deref(),
+            tty: l.tty.as_deref(),
+            ruser: l.ruser.as_deref(),
+            origin: l.origin.as_ref().map(|o| sources.facts(policy, history, o, now)),
         };
         let Decision { verdict, reason, alert, learning } = decide(policy, history, &facts, now);
         if let (Some(ip), true) = (facts.ip, facts.trusted) {
             history.record(&Sighting { user, ip, asn: facts.asn, country: facts.country }, now);
+            sources.remember(&l.session, verdict);
             learned = true;
         }
         (j.verdict, j.reason, j.alert, j.learning) = (Some(verdict), Some(reason), alert, learning);
@@ -158,6 +171,7 @@ pub struct Judge {
     pub policy: config::Policy,
     brute_force: config::BruteForce,
     brute: Detector,
+    sources: LoginSources,
     store: Store,
     host: String,
     /// The last history save failed (logged once per streak).
@@ -170,6 +184,7 @@ impl Judge {
             policy: config.policy.clone(),
             brute_force: config.brute_force,
             brute: Detector::new(config.brute_force.failures, config.brute_force.window_secs),
+            sources: LoginSources::default(),
             store,
             host,
             history_failing: false,
@@ -196,8 +211,9 @@ impl Judge {
     pub fn judge(&mut self, batch: Vec<Enriched>, now: i64) -> Vec<Judgement> {
         let mut judged: Vec<Judged> = batch.into_iter().map(Judged::from).collect();
         if judged.iter().any(|j| j.login.event == EventKind::SessionOpen) {
-            let policy = &self.policy;
-            let saved = self.store.update_or_keep(|history| judge_and_learn(policy, history, &mut judged, now));
+            let (policy, sources) = (&self.policy, &mut self.sources);
+            let saved =
+                self.store.update_or_keep(|history| judge_and_learn(policy, history, sources, &mut judged, now));
             match (saved, self.history_failing) {
                 (Ok(()), true) => {
                     self.history_failing = false;
@@ -260,7 +276,7 @@ mod tests {
                 Some(Verdict::Allowlisted),
                 Some(Verdict::Allowlisted),
             ),
-            (EventKind::SessionOpen, "carol", None, true, Some(Verdict::Local), Some(Verdict::Local)),
+            (EventKind::SessionOpen, "carol", None, true, Some(Verdict::Machine), Some(Verdict::Machine)),
             (EventKind::SessionOpen, "dave", Some("198.51.100.1"), false, Some(Verdict::Forged), Some(Verdict::Forged)),
             (EventKind::SessionClose, "alice", Some("203.0.113.7"), true, None, None),
             (EventKind::AuthFailure, "erin", Some("203.0.113.8"), true, None, None),
@@ -268,14 +284,14 @@ mod tests {
         ];
         let batch = || cases.iter().map(|(e, u, ip, t, _, _)| login(*e, u, *ip, *t)).collect::<Vec<_>>();
         let mut first = batch();
-        judge_and_learn(&policy, &mut history, &mut first, NOW);
+        judge_and_learn(&policy, &mut history, &mut LoginSources::default(), &mut first, NOW);
         assert_eq!(verdicts(&first), cases.iter().map(|c| c.4).collect::<Vec<_>>());
         assert!(first.iter().all(|j| j.verdict.is_none() || j.reason.is_some()));
         // Learned: the trusted remote logins (allowlisted ones too); not local, forged, or non-opens.
         assert_eq!(history.users.keys().collect::<Vec<_>>(), ["alice", "bob"]);
         assert_eq!(history.users["alice"].ips["203.0.113.7"].count, 1);
         let mut second = batch();
-        judge_and_learn(&policy, &mut history, &mut second, NOW + 60);
+        judge_and_learn(&policy, &mut history, &mut LoginSources::default(), &mut second, NOW + 60);
         assert_eq!(verdicts(&second), cases.iter().map(|c| c.5).collect::<Vec<_>>());
         assert_eq!(
             history.users["alice"].ips["203.0.113.7"],
@@ -288,23 +304,29 @@ mod tests {
         let policy = Config::from_toml("[policy]\nexpire_days = 30\n").unwrap().policy;
         let mut history = History::default();
         let mut batch = vec![login(EventKind::SessionOpen, "alice", Some("203.0.113.7"), true)];
-        assert!(judge_and_learn(&policy, &mut history, &mut batch, NOW), "a login taught something");
+        assert!(
+            judge_and_learn(&policy, &mut history, &mut LoginSources::default(), &mut batch, NOW),
+            "a login taught something"
+        );
         let mut forged = vec![login(EventKind::SessionOpen, "alice", Some("203.0.113.9"), false)];
-        assert!(!judge_and_learn(&policy, &mut history, &mut forged, NOW), "a forged one teaches nothing");
+        assert!(
+            !judge_and_learn(&policy, &mut history, &mut LoginSources::default(), &mut forged, NOW),
+            "a forged one teaches nothing"
+        );
         // 29 days later it is known, and that sighting renews it.
         let mut batch = vec![login(EventKind::SessionOpen, "alice", Some("203.0.113.7"), true)];
-        judge_and_learn(&policy, &mut history, &mut batch, NOW + 29 * 86_400);
+        judge_and_learn(&policy, &mut history, &mut LoginSources::default(), &mut batch, NOW + 29 * 86_400);
         assert_eq!(verdicts(&batch), [Some(Verdict::Known)]);
         // A judgement 31 days after that forgets it: the next login is a first login again.
-        judge_and_learn(&policy, &mut history, &mut [], NOW + 60 * 86_400 + 1);
+        judge_and_learn(&policy, &mut history, &mut LoginSources::default(), &mut [], NOW + 60 * 86_400 + 1);
         assert!(history.users.is_empty(), "{history:?}");
         let mut batch = vec![login(EventKind::SessionOpen, "alice", Some("203.0.113.7"), true)];
-        judge_and_learn(&policy, &mut history, &mut batch, NOW + 61 * 86_400);
+        judge_and_learn(&policy, &mut history, &mut LoginSources::default(), &mut batch, NOW + 61 * 86_400);
         assert_eq!(verdicts(&batch), [Some(Verdict::FirstLogin)]);
         // With expire_days = 0, nothing is forgotten (the default is 400 days).
         assert_eq!(Config::default().policy.expire_days, 400);
         let keep = Config::from_toml("[policy]\nexpire_days = 0\n").unwrap().policy;
-        judge_and_learn(&keep, &mut history, &mut [], NOW + 3650 * 86_400);
+        judge_and_learn(&keep, &mut history, &mut LoginSources::default(), &mut [], NOW + 3650 * 86_400);
         assert!(history.users.contains_key("alice"));
     }
 

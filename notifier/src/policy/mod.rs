@@ -3,6 +3,7 @@
 
 pub mod bruteforce;
 pub mod judge;
+pub mod origin;
 
 use std::net::IpAddr;
 
@@ -26,6 +27,21 @@ pub struct Facts<'a> {
     pub country: Option<&'a str>,
     /// sshd saw this login and PAM, which that sshd uses, did not.
     pub pam_bypassed: bool,
+    /// The PAM service, terminal and requesting user, which tell local sessions apart.
+    pub service: Option<&'a str>,
+    pub tty: Option<&'a str>,
+    pub ruser: Option<&'a str>,
+    /// The SSH login this session was started in (su, sudo inside it).
+    pub origin: Option<OriginFacts<'a>>,
+}
+
+/// The SSH login a session was started in, as the policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginFacts<'a> {
+    pub user: Option<&'a str>,
+    pub peer: Option<crate::peer::Peer>,
+    /// That login's source was allowlisted or known when it logged in.
+    pub known: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -61,7 +77,7 @@ fn classify(policy: &config::Policy, history: &History, f: &Facts<'_>) -> (Verdi
         );
     }
     let Some(ip) = f.ip else {
-        return (Verdict::Local, format!("local login for {user} (no remote peer)"));
+        return classify_local(policy, f);
     };
     let allow = policy
         .known_networks
@@ -101,6 +117,46 @@ fn classify(policy: &config::Policy, history: &History, f: &Facts<'_>) -> (Verdi
     (Verdict::NewIp, format!("new IP {ip} for {user}, on known network {net}"))
 }
 
+/// A session without a remote peer: a privilege change (with the SSH login it came from, if any),
+/// a session the machine opens for itself, or a person at the machine.
+fn classify_local(policy: &config::Policy, f: &Facts<'_>) -> (Verdict, String) {
+    let user = f.user;
+    let service = f.service.unwrap_or("");
+    let listed = |list: &[String]| list.iter().any(|s| s == service);
+    if listed(&policy.privilege_services) {
+        return match &f.origin {
+            Some(o) => {
+                let from = o.peer.map_or_else(|| "an SSH login".to_string(), |p| format!("from {p}"));
+                let who = o.user.unwrap_or("someone");
+                let (verdict, known) = if o.known {
+                    (Verdict::PrivilegeChange, "a known source")
+                } else {
+                    (Verdict::PrivilegeChangeNewSource, "a source that was new at login")
+                };
+                (verdict, format!("{who} ({from}) became {user} with {service}; the SSH login came from {known}"))
+            }
+            None => {
+                let who = f.ruser.filter(|r| !r.is_empty()).unwrap_or("a local user");
+                (Verdict::Local, format!("{who} became {user} with {service}, not inside an SSH login"))
+            }
+        };
+    }
+    if listed(&policy.machine_services) {
+        return (Verdict::Machine, format!("{service} session for {user}, opened by the machine itself"));
+    }
+    match f.tty.filter(|t| is_terminal(t)) {
+        Some(tty) => (Verdict::Local, format!("local login for {user} on {tty} (no remote peer)")),
+        None => (Verdict::Machine, format!("{service} session for {user} with no terminal and no remote peer")),
+    }
+}
+
+/// A PAM_TTY that names a terminal (`/dev/tty1`, `tty1`, `pts/0`) or an X display (`:0`), not a
+/// tag such as cron's `cron`.
+fn is_terminal(tty: &str) -> bool {
+    let name = tty.strip_prefix("/dev/").unwrap_or(tty);
+    tty.starts_with("/dev/") || name.starts_with("tty") || name.starts_with("pts/") || name.starts_with(':')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +167,18 @@ mod tests {
     }
 
     fn facts<'a>(ip: Option<&str>, country: Option<&'a str>, asn: Option<u32>) -> Facts<'a> {
-        Facts { user: "alice", ip: ip.map(|i| i.parse().unwrap()), trusted: true, asn, country, pam_bypassed: false }
+        Facts {
+            user: "alice",
+            ip: ip.map(|i| i.parse().unwrap()),
+            trusted: true,
+            asn,
+            country,
+            pam_bypassed: false,
+            service: Some("sshd"),
+            tty: Some("ssh"),
+            ruser: None,
+            origin: None,
+        }
     }
 
     #[test]
@@ -138,7 +205,6 @@ mod tests {
                 Verdict::NewCountry,
                 "new country US for alice (seen before: NZ)",
             ),
-            (facts(None, None, None), Verdict::Local, "no remote peer"),
             (
                 Facts { user: "bob", ..facts(Some("198.51.100.7"), None, None) },
                 Verdict::FirstLogin,
@@ -157,6 +223,58 @@ mod tests {
             assert!(d.reason.contains(reason), "{f:?}: {:?} lacks {reason:?}", d.reason);
             assert_eq!(d.alert, !matches!(want, Verdict::Allowlisted | Verdict::Known), "{want:?}");
         }
+    }
+
+    #[test]
+    fn local_sessions_are_told_apart_and_quiet_by_default() {
+        let p = policy("");
+        let h = History::default();
+        let local = |service: &'static str, tty: Option<&'static str>| Facts {
+            user: "root",
+            service: Some(service),
+            tty,
+            ruser: Some("alice"),
+            ..facts(None, None, None)
+        };
+        let origin = |known| OriginFacts {
+            user: Some("alice"),
+            peer: Some(crate::peer::Peer { ip: "198.51.100.7".parse().unwrap(), port: Some(52144) }),
+            known,
+        };
+        let cases: &[(Facts<'_>, Verdict, &str)] = &[
+            (local("login", Some("/dev/tty1")), Verdict::Local, "local login for root on /dev/tty1"),
+            (local("login", Some("tty1")), Verdict::Local, "on tty1"),
+            (local("su", None), Verdict::Local, "alice became root with su, not inside an SSH login"),
+            (local("runuser", None), Verdict::Local, "with runuser"),
+            (local("cron", Some("cron")), Verdict::Machine, "cron session for root"),
+            (local("systemd-user", None), Verdict::Machine, "systemd-user session"),
+            (local("atd", Some("/dev/pts/1")), Verdict::Machine, "atd session"),
+            (local("vsftpd", Some("ftp")), Verdict::Machine, "no terminal"),
+            (
+                Facts { origin: Some(origin(true)), ..local("sudo", Some("/dev/pts/0")) },
+                Verdict::PrivilegeChange,
+                "alice (from 198.51.100.7:52144) became root with sudo; the SSH login came from a known source",
+            ),
+            (
+                Facts { origin: Some(origin(false)), ..local("su", None) },
+                Verdict::PrivilegeChangeNewSource,
+                "alice (from 198.51.100.7:52144) became root with su; the SSH login came from a source that was new",
+            ),
+            // An SSH origin on a service that changes no privileges is judged as any local session.
+            (Facts { origin: Some(origin(false)), ..local("cron", Some("cron")) }, Verdict::Machine, "cron"),
+        ];
+        for (f, want, reason) in cases {
+            let d = decide(&p, &h, f, 20);
+            assert_eq!(d.verdict, *want, "{f:?}: {}", d.reason);
+            assert!(d.reason.contains(reason), "{f:?}: {:?} lacks {reason:?}", d.reason);
+            assert!(!d.alert, "{want:?} alerts by default");
+        }
+        // The opt-in: privilege changes from a source that was new at login.
+        let p = policy("[policy]\nalert_on = [\"privilege_change_new_source\"]\n");
+        let d = decide(&p, &h, &Facts { origin: Some(origin(false)), ..local("sudo", None) }, 20);
+        assert!(d.alert);
+        let d = decide(&p, &h, &Facts { origin: Some(origin(true)), ..local("sudo", None) }, 20);
+        assert!(!d.alert);
     }
 
     #[test]

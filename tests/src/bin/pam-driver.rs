@@ -57,6 +57,11 @@ struct Args {
     flood: Option<Flood>,
     #[arg(long, value_name = "SECONDS")]
     seconds: Option<f64>,
+    /// After each pam_open_session, fork a child that drops to this uid (and gid) and then calls
+    /// pam_close_session and pam_end on its copy of the handle, as a hostile child of su would;
+    /// the parent waits for it, then closes the session itself.
+    #[arg(long, value_name = "UID")]
+    child_as: Option<u32>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -165,7 +170,13 @@ impl Pam {
     }
 
     /// One whole session: whether it was opened, and the first step that failed.
-    fn session(&self, a: &Strings, authenticate: bool, opened_at: &mut u128) -> (bool, Option<&'static str>) {
+    fn session(
+        &self,
+        a: &Strings,
+        authenticate: bool,
+        child_as: Option<u32>,
+        opened_at: &mut u128,
+    ) -> (bool, Option<&'static str>) {
         let conv = PamConv { conv: no_conversation, appdata: std::ptr::null_mut() };
         let mut h: *mut c_void = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call; `h` is only used after pam_start succeeded
@@ -192,6 +203,25 @@ impl Pam {
             *opened_at = realtime_ns();
             if failed.is_none() && !opened {
                 failed = Some("pam_open_session");
+            }
+            if let (true, Some(uid)) = (opened, child_as) {
+                match libc::fork() {
+                    0 => {
+                        if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                            libc::_exit(2);
+                        }
+                        (self.close)(h, 0);
+                        (self.end)(h, 0);
+                        libc::_exit(0);
+                    }
+                    -1 => failed = failed.or(Some("fork")),
+                    child => {
+                        let mut status = 0;
+                        if libc::waitpid(child, &mut status, 0) != child || status != 0 {
+                            failed = failed.or(Some("the child that dropped privileges"));
+                        }
+                    }
+                }
             }
             if opened && (self.close)(h, 0) != 0 {
                 failed = failed.or(Some("pam_close_session"));
@@ -305,7 +335,7 @@ fn main() {
                             },
                         };
                         let mut at = 0;
-                        let (opened, failed) = pam.session(strings, args.authenticate, &mut at);
+                        let (opened, failed) = pam.session(strings, args.authenticate, args.child_as, &mut at);
                         tally.opened += u64::from(opened);
                         if opened && stamping {
                             tally.stamps.push((t_index(t_id, i, threads), at));

@@ -132,6 +132,35 @@ fn untrusted_caller_taints_the_session() {
 }
 
 #[test]
+fn trust_follows_the_handle_owner() {
+    // su as root: the parent opens the session; its child drops to nobody and ends its copy of the
+    // handle (and a hostile child may try to close it, or set items on it).
+    let su = |pid: u32, child: u32| {
+        let nobody = |r: Record| with(r, |h| (h.euid, h.uid_gid) = (65534, 65534 << 32 | 65534));
+        vec![
+            rec(kind::START, pid, pid, 1, b"su"),
+            rec(kind::START_USER, pid, pid, 1, b"nobody"),
+            rec(kind::OPEN_SESSION, pid, pid, 2, b""),
+            nobody(with(rec(kind::SET_ITEM, child, pid, 3, b"evil"), |h| h.item = item::PAM_USER)),
+            nobody(rec(kind::CLOSE_SESSION, child, pid, 3, b"")),
+            nobody(rec(kind::END, child, pid, 3, b"")),
+            rec(kind::CLOSE_SESSION, pid, pid, 9, b""),
+            rec(kind::END, pid, pid, 9, b""),
+        ]
+    };
+    let mut a = asm(16);
+    let out = run(&mut a, &su(20, 21));
+    assert_eq!(out.iter().map(|e| e.event).collect::<Vec<_>>(), [EventKind::SessionOpen, EventKind::SessionClose]);
+    assert!(out.iter().all(|e| e.trusted && e.user.as_deref() == Some("nobody") && e.pid == 20), "{out:#?}");
+    assert_eq!(out[1].duration_ms, Some(Some(7)), "the parent's close, not the child's");
+    assert_eq!(a.ignored_from_children, 3);
+    // The owner itself, unprivileged, still taints its own session.
+    let mut recs = su(30, 31);
+    recs[2].header.euid = 1000;
+    assert!(run(&mut a, &recs).iter().all(|e| !e.trusted));
+}
+
+#[test]
 fn truncation_is_marked_and_a_cut_rhost_is_not_a_peer() {
     let mut a = asm(16);
     let out = run(
