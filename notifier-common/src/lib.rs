@@ -53,6 +53,9 @@ pub mod names {
     /// came from. A plain hash (not LRU): a user who forks until it is full stops the tracking of
     /// new processes, and never evicts another connection's.
     pub const SSHD_ORIGIN: &str = "SSHD_ORIGIN";
+    /// LRU hash: mount namespace inode number -> 1, the namespaces whose first root exec was
+    /// reported ([`crate::kind::NEW_MOUNT_NS`]).
+    pub const MOUNT_NS_SEEN: &str = "MOUNT_NS_SEEN";
 }
 
 /// Size of the root callers' ring buffer, in bytes (a power-of-two multiple of the page size).
@@ -91,6 +94,8 @@ pub const DATA_LEN: usize = 4096;
 pub const MAX_SSHD_CONNS: u32 = 16_384;
 /// Entries in the map of processes started inside sshd sessions (users' shells and their children).
 pub const MAX_SSHD_ORIGIN: u32 = 32_768;
+/// Entries in the map of mount namespaces already reported.
+pub const MAX_MOUNT_NS: u32 = 4_096;
 /// Entries in the map of accepted-but-not-yet-forked peers: one per sshd listener.
 pub const MAX_SSHD_LISTENERS: u32 = 256;
 /// `sizeof(struct sockaddr_in6)`, the largest peer address `accept()` returns to sshd.
@@ -138,6 +143,10 @@ pub mod kind {
     /// `wait()` reports it (`code << 8`, or the signal number), `item` holds its depth and flags
     /// ([`crate::sshd_item`]).
     pub const SSHD_EXIT: u32 = 63;
+    /// A root process executed a program in a mount namespace not seen before (a container
+    /// starting): `item` is the namespace's inode number. The loader then looks in that process's
+    /// root for libpam and sshd.
+    pub const NEW_MOUNT_NS: u32 = 70;
 }
 
 /// The `pam_set_item` item types that are captured. Every other item (notably `PAM_AUTHTOK` = 6,
@@ -348,8 +357,15 @@ pub struct TaskOffsets {
     pub inode_i_mode: u32,
     pub inode_i_ino: u32,
     pub task_exit_code: u32,
+    /// `task_struct.nsproxy`, `nsproxy.mnt_ns`, and `mnt_namespace.ns` + `ns_common.inum`: the
+    /// caller's mount namespace. Valid when `mount_ns_valid` is 1 (an older layout leaves the rest
+    /// of the offsets usable).
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_ns_inum: u32,
+    pub mount_ns_valid: u32,
 }
-const _: () = assert!(size_of::<TaskOffsets>() == 48);
+const _: () = assert!(size_of::<TaskOffsets>() == 64);
 
 impl TaskOffsets {
     pub const fn zeroed() -> Self {
@@ -366,6 +382,10 @@ impl TaskOffsets {
             inode_i_mode: 0,
             inode_i_ino: 0,
             task_exit_code: 0,
+            task_nsproxy: 0,
+            nsproxy_mnt_ns: 0,
+            mnt_ns_inum: 0,
+            mount_ns_valid: 0,
         }
     }
 }

@@ -14,8 +14,8 @@ use aya_ebpf::{
 use notifier_common::{
     kind, lane, lost, str_flags, task_flags, Budget, Event, EventHeader, HandleKey, HandleState, Inflight, InflightKey,
     SshdAccepted, SshdConn, TaskOffsets, DATA_LEN, HEADER_LEN, MAX_BUDGET_UIDS, MAX_BUILDING, MAX_HANDLES,
-    MAX_INFLIGHT, MAX_SSHD_CONNS, MAX_SSHD_LISTENERS, MAX_SSHD_ORIGIN, RING_BYTES, RING_USER_BYTES, USER_RECORDS_BURST,
-    USER_RECORDS_PER_SEC,
+    MAX_INFLIGHT, MAX_MOUNT_NS, MAX_SSHD_CONNS, MAX_SSHD_LISTENERS, MAX_SSHD_ORIGIN, RING_BYTES, RING_USER_BYTES,
+    USER_RECORDS_BURST, USER_RECORDS_PER_SEC,
 };
 
 // Two of each map that callers fill: one for root callers, one for everyone else (see
@@ -70,6 +70,9 @@ pub static SSHD_ACCEPTED: LruHashMap<u32, SshdAccepted> = LruHashMap::with_max_e
 
 #[map]
 pub static SSHD_CONNS: LruHashMap<u32, SshdConn> = LruHashMap::with_max_entries(MAX_SSHD_CONNS, 0);
+
+#[map]
+pub static MOUNT_NS_SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_MOUNT_NS, 0);
 
 #[map]
 pub static SSHD_ORIGIN: HashMap<u32, SshdConn> = HashMap::with_max_entries(MAX_SSHD_ORIGIN, 0);
@@ -347,6 +350,20 @@ pub fn running_sshd() -> bool {
     };
     // SAFETY: the value is only tested for presence.
     unsafe { SSHD_BINS.get(ino) }.is_some()
+}
+
+/// The inode number of the current task's mount namespace, or `None` without the offsets.
+#[inline(always)]
+pub fn mount_ns() -> Option<u32> {
+    let o = offsets();
+    if o.mount_ns_valid == 0 {
+        return None;
+    }
+    // SAFETY: helper without preconditions; the result is only used through probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let nsproxy: u64 = kread(task, o.task_nsproxy)?;
+    let mnt_ns: u64 = kread(nsproxy, o.nsproxy_mnt_ns)?;
+    kread(mnt_ns, o.mnt_ns_inum)
 }
 
 /// The current task's `exit_code` (as `wait()` reports it), or `None` without the offsets.

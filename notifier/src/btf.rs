@@ -40,8 +40,8 @@ const FIELDS: [(&str, &str); 11] = [
 /// Reads the offsets from the running kernel.
 pub fn task_offsets() -> Result<TaskOffsets, OffsetError> {
     let bytes = std::fs::read(VMLINUX_BTF).map_err(|e| OffsetError::Btf { reason: e.to_string() })?;
-    let btf = Btf::parse(&bytes, &["task_struct", "cred", "mm_struct", "file", "inode"])
-        .map_err(|reason| OffsetError::Btf { reason })?;
+    let wanted = ["task_struct", "cred", "mm_struct", "file", "inode", "nsproxy", "mnt_namespace", "ns_common"];
+    let btf = Btf::parse(&bytes, &wanted).map_err(|reason| OffsetError::Btf { reason })?;
     let mut o = [0u32; FIELDS.len()];
     for (slot, (strukt, field)) in o.iter_mut().zip(FIELDS) {
         *slot = btf.member_offset(strukt, field).ok_or(OffsetError::Missing { strukt, field })?;
@@ -59,7 +59,29 @@ pub fn task_offsets() -> Result<TaskOffsets, OffsetError> {
         inode_i_mode: o[8],
         inode_i_ino: o[9],
         task_exit_code: o[10],
+        ..mount_ns_offsets(&btf)
     })
+}
+
+/// The mount namespace's offsets, or all 0 (`mount_ns_valid` 0) when the layout differs: then
+/// containers started after notifier are not followed, and nothing else changes.
+fn mount_ns_offsets(btf: &Btf<'_>) -> TaskOffsets {
+    let found = (
+        btf.member_offset("task_struct", "nsproxy"),
+        btf.member_offset("nsproxy", "mnt_ns"),
+        btf.member_offset("mnt_namespace", "ns"),
+        btf.member_offset("ns_common", "inum"),
+    );
+    match found {
+        (Some(nsproxy), Some(mnt_ns), Some(ns), Some(inum)) => TaskOffsets {
+            task_nsproxy: nsproxy,
+            nsproxy_mnt_ns: mnt_ns,
+            mnt_ns_inum: ns + inum,
+            mount_ns_valid: 1,
+            ..TaskOffsets::zeroed()
+        },
+        _ => TaskOffsets::zeroed(),
+    }
 }
 
 const MAGIC: u16 = 0xeb9f;

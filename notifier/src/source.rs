@@ -25,6 +25,7 @@ pub enum RecordKind {
     SshdLogin,
     SshdUid,
     SshdExit,
+    NewMountNs,
 }
 
 impl RecordKind {
@@ -50,6 +51,7 @@ impl TryFrom<u32> for RecordKind {
             kind::SSHD_LOGIN => Self::SshdLogin,
             kind::SSHD_UID => Self::SshdUid,
             kind::SSHD_EXIT => Self::SshdExit,
+            kind::NEW_MOUNT_NS => Self::NewMountNs,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }

@@ -17,6 +17,7 @@ use std::{
 
 pub use serde_json::Value;
 
+mod container;
 mod daemon;
 mod dns;
 mod guards;
@@ -25,6 +26,7 @@ mod mmdb;
 mod smtp;
 mod sshd;
 
+pub use container::*;
 pub use daemon::*;
 pub use dns::*;
 pub use guards::*;

@@ -15,6 +15,8 @@ use notifier_tests::*;
 
 #[path = "kernel/alerts.rs"]
 mod alerts;
+#[path = "kernel/containers.rs"]
+mod containers;
 #[path = "kernel/daemon.rs"]
 mod daemon;
 #[path = "kernel/hostile.rs"]

@@ -13,7 +13,8 @@ pub(crate) const BENCH_PACKAGES: &[&str] = &["bpftrace"];
 /// Debian packages the integration tests drive: real sshd, ssh, sshpass, pamtester, setpriv,
 /// aiosmtpd (a real SMTP server), paramiko (an SSH client that sends any user name, which
 /// OpenSSH's client refuses to), strace (to check the unit's system call filter), and for the
-/// packaging check man-db and systemd-analyze.
+/// packaging check man-db and systemd-analyze; sudo and cron for the local-session tests; mmdebstrap
+/// and systemd-nspawn for the Debian 13 container.
 pub(crate) const TEST_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
@@ -27,6 +28,8 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "sudo",
     "cron",
+    "mmdebstrap",
+    "systemd-container",
 ];
 
 /// What to set up for.
@@ -94,6 +97,7 @@ pub(crate) fn setup(needs: Needs) -> Result<()> {
     if needs != Needs::Build {
         ensure_cargo_deb()?;
         fetch_openssh10()?;
+        build_debian13()?;
     }
 
     // bpf-linker, linked against LLVM 22.
@@ -165,6 +169,35 @@ pub(crate) fn fetch_openssh10() -> Result<()> {
         check(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&root))?;
     }
     println!("setup: OpenSSH 10.0 unpacked in {}", root.display());
+    Ok(())
+}
+
+/// The Debian 13 root file system the container tests boot (a fresh copy each): systemd as PID 1,
+/// OpenSSH 10.0 and libpam 1.7, about 165 MB.
+pub(crate) fn debian13_root() -> PathBuf {
+    workspace_root().join("target/debian13/pristine")
+}
+
+pub(crate) fn build_debian13() -> Result<()> {
+    let root = debian13_root();
+    if root.join("usr/lib/openssh/sshd-session").exists() {
+        println!("setup: the Debian 13 root file system is present in {}", root.display());
+        return Ok(());
+    }
+    println!("setup: building a Debian 13 root file system with mmdebstrap (for the container tests; under a minute)");
+    let partial = root.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(partial.parent().context("debian13 dir")?)?;
+    check(
+        Command::new("mmdebstrap")
+            .args(["--quiet", "--variant=minbase"])
+            .arg("--include=systemd,systemd-sysv,dbus,openssh-server,libpam-systemd,procps")
+            .arg("trixie")
+            .arg(&partial)
+            .arg(debian_mirror()),
+    )?;
+    fs::rename(&partial, &root)?;
+    println!("setup: Debian 13 root file system in {}", root.display());
     Ok(())
 }
 

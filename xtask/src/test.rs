@@ -47,7 +47,8 @@ pub(crate) fn test(no_setup: bool, filter: Option<String>) -> Result<()> {
     cmd.args(["test", "--release", "--package", "notifier-tests", "--"])
         .arg("--test-threads=1")
         .env("NOTIFIER_BIN", &bin)
-        .env("NOTIFIER_OPENSSH10", openssh10_root());
+        .env("NOTIFIER_OPENSSH10", openssh10_root())
+        .env("NOTIFIER_DEBIAN13", debian13_root());
     let filtered = filter.is_some();
     if let Some(filter) = filter {
         cmd.arg(filter);

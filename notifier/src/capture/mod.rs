@@ -45,6 +45,9 @@ impl<P: ProcessLookup, L: ListenerCheck> Capture<P, L> {
 
     /// Takes one record; appends the events it completes to `out`.
     pub fn push(&mut self, rec: &Record, out: &mut Vec<LoginEvent>) {
+        if rec.kind == RecordKind::NewMountNs {
+            return; // For the loader; see `crate::loader::containers`.
+        }
         if rec.kind.is_sshd() {
             self.witness.push(rec, out);
             return;
@@ -54,6 +57,12 @@ impl<P: ProcessLookup, L: ListenerCheck> Capture<P, L> {
         for e in self.pam_events.drain(..) {
             self.witness.pam_event(e, rec.header.ts_ns, out);
         }
+    }
+
+    /// Takes the sshd binaries of a container found after start, as (device, inode), so that its
+    /// listener's connections are trusted to be sshd's.
+    pub fn add_sshd_ids(&mut self, ids: &[(u64, u64)]) {
+        self.witness.listeners.add(ids);
     }
 
     /// Reports what waited past its deadline; `now_ns` is `CLOCK_BOOTTIME`.

@@ -160,7 +160,11 @@ impl<P: ProcessLookup> Assembler<P> {
             }
             RecordKind::OpenSession => None,
             RecordKind::CloseSession => close(s, h.ts_ns),
-            RecordKind::SshdConnect | RecordKind::SshdLogin | RecordKind::SshdUid | RecordKind::SshdExit => None,
+            RecordKind::SshdConnect
+            | RecordKind::SshdLogin
+            | RecordKind::SshdUid
+            | RecordKind::SshdExit
+            | RecordKind::NewMountNs => None,
             RecordKind::End => {
                 if key.owner_tgid != rec.tgid() {
                     None // A forked child ending its copy of the parent's handle.

@@ -56,6 +56,8 @@ pub(super) const SSHD: &str = "sshd";
 /// listener runs one of them (the probes match on the inode number alone).
 pub trait ListenerCheck {
     fn is_sshd(&mut self, listener: u32) -> bool;
+    /// Takes more sshd binaries (a container's, found after start).
+    fn add(&mut self, _ids: &[(u64, u64)]) {}
 }
 
 /// Checks the listener's executable in /proc against the sshd binaries found by the loader.
@@ -65,6 +67,10 @@ impl ListenerCheck for ProcListeners {
     fn is_sshd(&mut self, listener: u32) -> bool {
         use std::os::unix::fs::MetadataExt as _;
         std::fs::metadata(format!("/proc/{listener}/exe")).is_ok_and(|m| self.0.contains(&(m.dev(), m.ino())))
+    }
+
+    fn add(&mut self, ids: &[(u64, u64)]) {
+        self.0.extend(ids.iter().copied());
     }
 }
 

@@ -40,11 +40,37 @@ pub(super) fn find_libpam(sshd_procs: &[SshdProcess]) -> Result<Vec<PathBuf>, Lo
     let mut candidates: Vec<PathBuf> = ldconfig("libpam.so.0");
     candidates.extend(STANDARD_PATHS.iter().map(PathBuf::from));
     candidates.extend(sshd_mapped(sshd_procs, "/libpam.so"));
+    // OpenSSH 9.8 and later: the listener maps no libpam, only each connection's sshd-session
+    // does, so a container's is found in its root, not in its processes.
+    for root in other_roots(sshd_procs) {
+        candidates.extend(under(&root, STANDARD_PATHS));
+    }
     let found: Vec<PathBuf> = candidates.into_iter().filter(|p| usable(p)).collect();
     if found.is_empty() {
         return Err(LoadError::LibpamNotFound { searched: STANDARD_PATHS.join(", ") });
     }
     Ok(dedupe(found.into_iter()))
+}
+
+/// The roots (`/proc/PID/root`) of the processes that run in another root than notifier's (a
+/// container's), one per distinct root directory.
+pub(super) fn other_roots(procs: &[SshdProcess]) -> Vec<PathBuf> {
+    let mut seen: HashSet<(u64, u64)> = file_id(Path::new("/proc/self/root")).into_iter().collect();
+    procs
+        .iter()
+        .map(|p| PathBuf::from(format!("/proc/{}/root", p.pid)))
+        .filter(|root| file_id(root).is_some_and(|i| seen.insert(i)))
+        .collect()
+}
+
+/// The (device, inode) of the file `path` names, following symlinks.
+pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// `paths` (absolute) under `root`.
+pub(super) fn under(root: &Path, paths: &[&str]) -> Vec<PathBuf> {
+    paths.iter().map(|p| root.join(p.trim_start_matches('/'))).collect()
 }
 
 /// Keeps the first path of each distinct file.

@@ -14,11 +14,13 @@ use aya::{
 use notifier_common::names;
 use tracing::{debug, info, warn};
 
+mod containers;
 mod discover;
 mod privileges;
 mod replaced;
 pub mod sshd;
 
+pub use containers::{attach_root, Added};
 use discover::{check_given, find_libpam, sshd_processes};
 use privileges::{check_privileges, optional_capabilities_missing, permission_denied};
 pub use replaced::{handle_replaced, next_replaced, reattach, watch_libpam, LibpamWatch};
@@ -92,6 +94,8 @@ pub struct Probes {
     pub targets: Vec<PathBuf>,
     /// How many uprobes are attached to each libpam file (re-attachments included).
     pub attached: Vec<(PathBuf, usize)>,
+    /// The container roots (device, inode) already looked in.
+    pub roots_seen: std::collections::HashSet<(u64, u64)>,
     /// What the sshd witness watches (empty when it is off).
     pub sshd: sshd::SshdTargets,
 }
@@ -213,6 +217,7 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
     // Parsing the kernel's BTF and the object allocates tens of MB that are freed by now; hand the
     // pages back so the resident size reflects the daemon's steady state.
     // SAFETY: malloc_trim has no preconditions.
+    follow_containers(&mut ebpf, &offsets);
     unsafe { libc::malloc_trim(0) };
     // Where start-up time goes, for the benchmarks: finding libpam, reading the kernel's BTF,
     // loading and verifying the programs, attaching (each cumulative from the start of `load`).
@@ -226,7 +231,22 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
         libpam = %targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
         "Probes attached."
     );
-    Ok(Probes { ebpf, targets, attached, sshd })
+    let roots_seen = discover::other_roots(&sshd_procs).iter().filter_map(|r| discover::file_id(r)).collect();
+    Ok(Probes { ebpf, targets, attached, roots_seen, sshd })
+}
+
+/// Attaches the tracepoint that reports new mount namespaces, so that containers started later are
+/// covered; without it (no tracefs, or an unknown kernel layout) they are not, which is said once.
+fn follow_containers(ebpf: &mut Ebpf, offsets: &notifier_common::TaskOffsets) {
+    let (program, category, event) = containers::TRACEPOINT;
+    let attached = match (offsets.mount_ns_valid, sshd::tracefs()) {
+        (0, _) => Err("the kernel's BTF has no nsproxy.mnt_ns layout that notifier knows".to_string()),
+        (_, Err(reason)) => Err(reason),
+        (_, Ok(_)) => sshd::attach_tracepoint(ebpf, program, category, event).map_err(|e| e.to_string()),
+    };
+    if let Err(reason) = attached {
+        warn!(%reason, "Containers started after notifier are not watched; restart notifier after starting one.");
+    }
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {

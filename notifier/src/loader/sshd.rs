@@ -24,7 +24,7 @@ use notifier_common::names;
 use tracing::{debug, info, warn};
 
 use super::{
-    discover::{check_elf, dedupe, ldconfig, sshd_mapped, usable, SshdProcess},
+    discover::{check_elf, dedupe, ldconfig, sshd_mapped, under, usable, SshdProcess},
     loaded_uprobe, LoadError,
 };
 
@@ -138,37 +138,61 @@ fn helpers_beside(sshd: &Path) -> Vec<PathBuf> {
 /// Registers `binaries` with the probes and attaches the witness. Returns what is watched.
 pub(crate) fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>, procs: &[SshdProcess]) -> Result<SshdTargets, LoadError> {
     let mut targets = SshdTargets::default();
-    {
-        let map = ebpf.map_mut(names::SSHD_BINS).ok_or_else(|| program_error(names::SSHD_BINS, "map missing"))?;
-        let mut bins: HashMap<_, u64, u8> = HashMap::try_from(map).map_err(|e| program_error(names::SSHD_BINS, e))?;
-        for path in &binaries {
-            let Ok(meta) = fs::metadata(path) else { continue };
-            bins.insert(meta.ino(), 1, 0).map_err(|e| program_error(names::SSHD_BINS, e))?;
-            targets.ids.insert((meta.dev(), meta.ino()));
-        }
-    }
+    register(ebpf, &binaries, &mut targets)?;
     for (program, category, event) in TRACEPOINTS {
-        let tp: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| program_error(program, "not in the object"))?
-            .try_into()
-            .map_err(|e| program_error(program, e))?;
-        if tp.fd().is_err() {
-            tp.load().map_err(|e| program_error(program, format!("{e:#}")))?;
-        }
-        tp.attach(category, event).map_err(|e| LoadError::Tracepoint {
-            program,
-            event: format!("{category}:{event}"),
-            reason: format!("{e}"),
-        })?;
+        attach_tracepoint(ebpf, program, category, event)?;
     }
     let libcs = find_libc(procs);
     if libcs.is_empty() {
         return Err(program_error("sshd_enter_accept", "no libc.so.6 found to probe accept() in"));
     }
+    attach_libc(ebpf, &libcs)?;
+    targets.libc = libcs;
+    attach_setlogin(ebpf, &binaries, &mut targets)?;
+    targets.binaries = binaries;
+    Ok(targets)
+}
+
+/// Attaches the tracepoint program `program` to `category:event`.
+pub(super) fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &str,
+    event: &str,
+) -> Result<(), LoadError> {
+    let tp: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| program_error(program, "not in the object"))?
+        .try_into()
+        .map_err(|e| program_error(program, e))?;
+    if tp.fd().is_err() {
+        tp.load().map_err(|e| program_error(program, format!("{e:#}")))?;
+    }
+    tp.attach(category, event).map_err(|e| LoadError::Tracepoint {
+        program,
+        event: format!("{category}:{event}"),
+        reason: format!("{e}"),
+    })?;
+    Ok(())
+}
+
+/// Tells the probes that `binaries` are sshd (`SSHD_BINS`), and notes their identities.
+pub(super) fn register(ebpf: &mut Ebpf, binaries: &[PathBuf], targets: &mut SshdTargets) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(names::SSHD_BINS).ok_or_else(|| program_error(names::SSHD_BINS, "map missing"))?;
+    let mut bins: HashMap<_, u64, u8> = HashMap::try_from(map).map_err(|e| program_error(names::SSHD_BINS, e))?;
+    for path in binaries {
+        let Ok(meta) = fs::metadata(path) else { continue };
+        bins.insert(meta.ino(), 1, 0).map_err(|e| program_error(names::SSHD_BINS, e))?;
+        targets.ids.insert((meta.dev(), meta.ino()));
+    }
+    Ok(())
+}
+
+/// Probes `accept`, `accept4` and `setresuid` in each of `libcs`.
+pub(super) fn attach_libc(ebpf: &mut Ebpf, libcs: &[PathBuf]) -> Result<(), LoadError> {
     for (program, symbol) in LIBC_PROBES {
         let probe = loaded_uprobe(ebpf, program)?;
-        for libc in &libcs {
+        for libc in libcs {
             probe.attach(*symbol, libc, UProbeScope::AllProcesses).map_err(|e| LoadError::Attach {
                 program,
                 symbol,
@@ -177,9 +201,17 @@ pub(crate) fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>, procs: &[SshdProce
             })?;
         }
     }
-    targets.libc = libcs;
+    Ok(())
+}
+
+/// Probes `setlogin` in each of `binaries` that has it (not in `sshd-auth`, which is pre-auth only).
+pub(super) fn attach_setlogin(
+    ebpf: &mut Ebpf,
+    binaries: &[PathBuf],
+    targets: &mut SshdTargets,
+) -> Result<(), LoadError> {
     let setlogin = loaded_uprobe(ebpf, SETLOGIN)?;
-    for path in &binaries {
+    for path in binaries {
         if path.file_name().is_some_and(|n| n == "sshd-auth") {
             continue; // Pre-auth only: a setlogin there would not be a login.
         }
@@ -188,8 +220,13 @@ pub(crate) fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>, procs: &[SshdProce
             Err(e) => debug!(path = %path.display(), error = %e, "No setlogin to probe in this sshd binary."),
         }
     }
-    targets.binaries = binaries;
-    Ok(targets)
+    Ok(())
+}
+
+/// The sshd binaries and libc files in a container's `root`.
+pub(super) fn in_root(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let found = |paths: &[&str]| dedupe(under(root, paths).into_iter().filter(|p| usable(p)));
+    (found(STANDARD_PATHS), found(LIBC_PATHS))
 }
 
 fn program_error(program: &'static str, reason: impl std::fmt::Display) -> LoadError {

@@ -30,7 +30,7 @@ use crate::{
     policy::Judgement,
     procinfo::HostContext,
     service,
-    source::Source,
+    source::{RecordKind, Source},
 };
 
 /// What runs after capture.
@@ -170,6 +170,13 @@ impl Pipeline {
             }
             records_counted = source.records;
             for record in records.drain(..) {
+                if record.kind == RecordKind::NewMountNs {
+                    // A container started: its libpam and sshd are attached before its logins.
+                    if let Some(added) = loader::attach_root(&mut probes, record.tgid()) {
+                        capture.add_sshd_ids(&added.sshd_ids);
+                    }
+                    continue;
+                }
                 capture.push(&record, &mut events);
             }
             if stopping {
