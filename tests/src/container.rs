@@ -139,3 +139,25 @@ fn child_named(parent: u32, comm: &str) -> Option<u32> {
         .filter_map(|c| c.parse().ok())
         .find(|c: &u32| fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == comm))
 }
+
+/// The .deb under test: `NOTIFIER_DEB` (set by `cargo xtask test`), or the newest in
+/// target/debian. `None` (with a reason printed) when there is none, which under `CI=true` fails.
+pub fn package_under_test() -> Option<PathBuf> {
+    if let Some(deb) = std::env::var_os("NOTIFIER_DEB") {
+        return Some(PathBuf::from(deb));
+    }
+    let dir = workspace_root().join("target/debian");
+    let newest = fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+    if newest.is_none() {
+        let reason = format!("no .deb in {} (run `cargo xtask deb`)", dir.display());
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}");
+        eprintln!("skipped: {reason}");
+    }
+    newest
+}

@@ -42,13 +42,16 @@ pub(crate) fn test(no_setup: bool, filter: Option<String>) -> Result<()> {
         "--exclude",
         "notifier-tests",
     ]))?;
+    // The Debian 13 container test installs the package and runs it under the container's systemd.
+    let package = deb()?;
     println!("test: integration tests (real libpam, real sshd, real eBPF)");
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--package", "notifier-tests", "--"])
         .arg("--test-threads=1")
         .env("NOTIFIER_BIN", &bin)
         .env("NOTIFIER_OPENSSH10", openssh10_root())
-        .env("NOTIFIER_DEBIAN13", debian13_root());
+        .env("NOTIFIER_DEBIAN13", debian13_root())
+        .env("NOTIFIER_DEB", &package);
     let filtered = filter.is_some();
     if let Some(filter) = filter {
         cmd.arg(filter);

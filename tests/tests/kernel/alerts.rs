@@ -46,7 +46,7 @@ impl AlertLab {
     }
 }
 
-fn hmac_hex(key: &str, body: &[u8]) -> String {
+pub(crate) fn hmac_hex(key: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())

@@ -3,7 +3,11 @@
 //! witnesses, whether the container started before notifier (with no session open in it) or
 //! after.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use notifier_tests::*;
 
@@ -73,4 +77,79 @@ fn key_logins_into_a_debian_13_container_started_before_or_after_notifier_are_on
         hook.requests().iter().map(Request::json).filter(|a| a["event"]["user"] == user.as_str()).collect();
     assert_eq!(alerts.len(), 2, "{alerts:#?}");
     assert!(alerts.iter().all(|a| a["event"]["service"] == "sshd"), "{alerts:#?}");
+}
+
+/// `systemctl show --value -p PROPERTY notifier` in the container.
+fn unit(c: &Container, property: &str) -> String {
+    c.exec(&["systemctl", "show", "--value", "-p", property, "notifier"]).trim().to_string()
+}
+
+#[test]
+fn the_deb_in_a_debian_13_container_starts_alerts_reloads_restarts_and_stops_under_systemd() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (Some(pristine), Some(deb)) = (debian13_root(), package_under_test()) else { return };
+    let lab = Lab::new();
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(lab.path("key")));
+    let user = unique("ntd");
+    let mut c = Container::prepare(&pristine, &user, &lab.path("key.pub"));
+    std::fs::copy(&deb, c.root.join("var/tmp/notifier.deb")).expect("copying the .deb");
+    c.boot();
+    c.exec_ok(&["dpkg", "-i", "/var/tmp/notifier.deb"]);
+
+    // A webhook whose secret comes in through LoadCredential=.
+    let hook = HttpReceiver::start();
+    let secret = "s3cret-from-a-credential";
+    std::fs::write(c.root.join("etc/notifier/credentials/hook-secret"), secret).expect("credential");
+    std::fs::write(
+        c.root.join("etc/notifier/notifier.toml"),
+        format!(
+            "[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+             secret = {{ file = \"${{CREDENTIALS_DIRECTORY}}/notifier_hook-secret\" }}\n",
+            hook.url("/hook")
+        ),
+    )
+    .expect("config");
+    c.exec_ok(&["systemctl", "restart", "notifier"]);
+    // Type=notify: `systemctl restart` returned once READY came, with the status text it carries.
+    assert_eq!(unit(&c, "Type"), "notify");
+    assert_eq!(unit(&c, "ActiveState"), "active");
+    assert_eq!(unit(&c, "StatusText"), "watching PAM logins", "READY was sent before the unit became active");
+
+    key_login(&c, &lab.path("key"), &user, "127.0.0.84");
+    let reqs = hook.wait(WAIT, |r| !r.is_empty());
+    let alert =
+        reqs.first().unwrap_or_else(|| panic!("no alert; journal:\n{}", c.exec(&["journalctl", "-u", "notifier"])));
+    assert_eq!(alert.json()["event"]["user"], user.as_str());
+    assert_eq!(alert.json()["event"]["peer"]["ip"], "127.0.0.84");
+    let signature = alert.header("x-notifier-signature").expect("signed with the credential's secret");
+    assert_eq!(signature, format!("sha256={}", super::alerts::hmac_hex(secret, &alert.body)));
+
+    let pid = unit(&c, "MainPID");
+    c.exec_ok(&["systemctl", "reload", "notifier"]);
+    assert_eq!(
+        (unit(&c, "ActiveState"), unit(&c, "MainPID")),
+        ("active".to_string(), pid.clone()),
+        "reload keeps it running"
+    );
+
+    c.exec_ok(&["kill", "-9", &pid]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(unit(&c, "ActiveState") == "active" && unit(&c, "MainPID") != pid && unit(&c, "MainPID") != "0") {
+        assert!(
+            Instant::now() < deadline,
+            "not restarted after kill -9: {}",
+            c.exec(&["systemctl", "status", "notifier"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(unit(&c, "NRestarts"), "1");
+
+    c.exec_ok(&["systemctl", "stop", "notifier"]);
+    assert_eq!(unit(&c, "ActiveState"), "inactive");
+    let journal = c.exec(&["journalctl", "--no-pager", "-u", "notifier"]);
+    assert!(!journal.contains("already exists but the mode is different"), "{journal}");
+    let status = c.exec(&["systemctl", "status", "--no-pager", "notifier"]);
+    assert!(!status.contains("mode is different"), "{status}");
 }
