@@ -6,6 +6,7 @@
 
 mod probes;
 mod record;
+mod task;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -49,6 +49,13 @@ pub fn format_unix_secs(secs: i64) -> String {
     format_time(i128::from(secs) * 1_000_000_000)
 }
 
+/// Unix seconds of an RFC 3339 time (as [`format_time`] writes it).
+pub fn parse_unix(rfc3339: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +64,8 @@ mod tests {
     fn formats_time() {
         assert_eq!(format_time(1_764_007_670_123_456_789), "2025-11-24T18:07:50.123Z");
         assert_eq!(format_unix_secs(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(parse_unix("2025-11-24T18:07:50.123Z"), Some(1_764_007_670));
+        assert_eq!(parse_unix("yesterday"), None);
     }
 
     #[test]

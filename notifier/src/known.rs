@@ -124,6 +124,13 @@ pub fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let path = path.unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH));
     let config = Config::load(&path)?;
     crate::enrich::geo::GeoDb::open(&config.geoip).context("opening the GeoIP databases")?;
+    let sample = crate::alert::sample_alert(config.host.as_deref().unwrap_or("web-1"));
+    for sink in &config.sinks {
+        let templates = crate::alert::message::Templates { title: sink.title.clone(), body: sink.body.clone() };
+        templates
+            .check(&sample)
+            .map_err(|e| anyhow::anyhow!("invalid config {}: sink {:?}: {e}", path.display(), sink.name))?;
+    }
     println!("# {}: valid. Effective settings:", path.display());
     print!("{}", config.to_toml());
     Ok(())

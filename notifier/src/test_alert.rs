@@ -17,13 +17,7 @@ pub async fn test_alert(config: &Config, only: Option<&str>) -> anyhow::Result<b
         }
     }
     let host = config.host.clone().unwrap_or_else(|| procinfo::host_context().host);
-    let mut alert =
-        alert::internal_alert(alert::AlertKind::Test, &host, "This is a test alert from `notifier test-alert`.".into());
-    alert.user = Some("alice".into());
-    alert.ip = Some(std::net::IpAddr::from([203, 0, 113, 7]));
-    alert.port = Some(52144);
-    alert.service = Some("sshd".into());
-    alert.pam_type = Some("open_session".into());
+    let alert = alert::sample_alert(&host);
     let client = alert::dispatch::http_client()?;
     let mut all_ok = true;
     for raw in sinks {
@@ -38,6 +32,12 @@ pub async fn test_alert(config: &Config, only: Option<&str>) -> anyhow::Result<b
                 }
                 Ok(Err(alert::sink::SinkError::Permanent(e))) => {
                     Err(format!("{e} (permanent: check the sink's settings)"))
+                }
+                Ok(Err(e @ alert::sink::SinkError::Later { .. })) => {
+                    Err(format!("{e} (temporary: the daemon would wait, then retry)"))
+                }
+                Ok(Err(alert::sink::SinkError::Exhausted(e))) => {
+                    Err(format!("{e} (the daemon would not retry until the limit resets)"))
                 }
             },
         };

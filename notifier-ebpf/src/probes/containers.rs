@@ -7,7 +7,10 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use notifier_common::{kind, lane};
 
-use crate::record::{current_lane, mount_ns, Record, MOUNT_NS_SEEN};
+use crate::{
+    record::{current_lane, Record, MOUNT_NS_SEEN},
+    task::mount_ns,
+};
 
 #[tracepoint]
 pub fn containers_sched_process_exec(_ctx: TracePointContext) -> u32 {

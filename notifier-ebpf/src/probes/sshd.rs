@@ -28,8 +28,9 @@ use aya_ebpf::{
 };
 use notifier_common::{kind, lane, lost, sshd_flags, sshd_item, SshdAccepted, SshdConn, SOCKADDR_LEN, SSHD_MAX_DEPTH};
 
-use crate::record::{
-    count_lost, current_lane, exit_code, running_sshd, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS, SSHD_ORIGIN,
+use crate::{
+    record::{count_lost, current_lane, tgid, Record, SSHD_ACCEPTED, SSHD_CONNS, SSHD_ORIGIN},
+    task::{exit_code, running_sshd},
 };
 
 /// Offset of `child_pid` in `sched:sched_process_fork` records. It moved when the comm fields

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use lettre::{
-    message::{header::ContentType, Mailbox},
-    transport::smtp::authentication::Credentials,
+    message::{Mailbox, SinglePart},
+    transport::smtp::{authentication::Credentials, extension::ClientId},
     AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
 };
 
@@ -58,6 +58,17 @@ impl EmailSink {
                 .map_err(|e| BuildError::Invalid { key, reason: format!("{s:?} is not an email address: {e}") })
         };
         let from = mailbox("from", raw.from.as_deref().ok_or(BuildError::Missing("from"))?)?;
+        // An MTA that wants a fully qualified EHLO name refuses a bare host name with 504: use the
+        // configured name, else this host's if it is qualified, else the sender's domain.
+        let ehlo = raw.ehlo_name.clone().unwrap_or_else(|| {
+            let host = crate::procinfo::host_context().host;
+            if host.contains('.') {
+                host
+            } else {
+                from.email.domain().to_string()
+            }
+        });
+        builder = builder.hello_name(ClientId::Domain(ehlo));
         let to = raw.to.clone().unwrap_or_default().iter().map(|t| mailbox("to", t)).collect::<Result<Vec<_>, _>>()?;
         if to.is_empty() {
             return Err(BuildError::Invalid { key: "to", reason: "lists no recipient".into() });
@@ -70,15 +81,21 @@ impl EmailSink {
         let mut builder = Message::builder()
             .from(self.from.clone())
             .subject(one_line(&msg.title))
+            // RFC 5322: the right-hand side is a domain; the sender's is the one this message may
+            // claim.
             .message_id(Some(format!(
-                "<{}@notifier>",
-                alert.id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "")
-            )))
-            .header(ContentType::TEXT_PLAIN);
+                "<{}@{}>",
+                alert.id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', ""),
+                self.from.email.domain()
+            )));
         for to in &self.to {
             builder = builder.to(to.clone());
         }
-        let message = builder.body(msg.body).map_err(|e| SinkError::permanent(format!("building the email: {e}")))?;
+        // A MIME single part: `MIME-Version: 1.0`, text/plain in UTF-8 and a transfer encoding
+        // that fits the text.
+        let message = builder
+            .singlepart(SinglePart::plain(msg.body))
+            .map_err(|e| SinkError::permanent(format!("building the email: {e}")))?;
         self.transport.send(message).await.map(|_| ()).map_err(|e| {
             if e.is_permanent() {
                 SinkError::permanent(format!("SMTP: {e}"))

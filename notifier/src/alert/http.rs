@@ -3,6 +3,8 @@
 //! JSON values or form fields (escaped by serde), and, for Slack's mrkdwn, `&`, `<` and `>` are
 //! escaped too, so a user name cannot add a link or a mention. Discord mentions are disabled.
 
+use std::time::Duration;
+
 use hmac::{Hmac, Mac as _};
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde_json::json;
@@ -137,6 +139,10 @@ impl HttpSink {
                     ("message", truncate(&msg.body, 1024)),
                     ("priority", priority.to_string()),
                 ];
+                // When it happened, not when a retry got through.
+                if let Some(ts) = crate::clock::parse_unix(&alert.time) {
+                    form.push(("timestamp", ts.to_string()));
+                }
                 if *priority == 2 {
                     form.push(("retry", retry.to_string()));
                     form.push(("expire", expire.to_string()));
@@ -147,7 +153,9 @@ impl HttpSink {
                 c.post(format!("{api_base}/1/messages.json")).form(&form)
             }
             Api::Ntfy { server, topic, token, priority, tags } => {
-                let mut body = json!({ "topic": topic, "title": msg.title, "message": msg.body, "tags": tags });
+                // Past 4,096 bytes ntfy turns the message into an attachment.
+                let message = truncate_bytes(&msg.body, NTFY_MAX_BYTES);
+                let mut body = json!({ "topic": topic, "title": msg.title, "message": message, "tags": tags });
                 if let Some(p) = priority {
                     body["priority"] = json!(p);
                 }
@@ -157,17 +165,21 @@ impl HttpSink {
                     None => req,
                 }
             }
-            Api::Gotify { server, token, priority } => c
-                .post(format!("{server}/message"))
-                .header("X-Gotify-Key", &token.0)
-                .json(&json!({ "title": msg.title, "message": msg.body, "priority": priority.unwrap_or(5) })),
+            Api::Gotify { server, token, priority } => {
+                // Without `priority` the application's own default applies.
+                let mut body = json!({ "title": msg.title, "message": msg.body });
+                if let Some(p) = priority {
+                    body["priority"] = json!(p);
+                }
+                c.post(format!("{server}/message")).header("X-Gotify-Key", &token.0).json(&body)
+            }
             Api::Telegram { api_base, token, chat_id } => {
                 // Plain text (no parse_mode): nothing in the event is interpreted as markup.
                 let chat: serde_json::Value = chat_id.parse::<i64>().map_or_else(|_| json!(chat_id), |n| json!(n));
                 c.post(format!("{api_base}/bot{}/sendMessage", token.0)).json(&json!({
                     "chat_id": chat,
                     "text": truncate(&format!("{}\n{}", msg.title, msg.body), 4096),
-                    "disable_web_page_preview": true,
+                    "link_preview_options": { "is_disabled": true },
                 }))
             }
             Api::Slack { url } => {
@@ -180,6 +192,7 @@ impl HttpSink {
             Api::Webhook { url, headers, secret } => {
                 let body = json!({
                     "id": alert.id,
+                    "time": alert.time,
                     "kind": alert.kind,
                     "title": msg.title,
                     "body": msg.body,
@@ -219,15 +232,45 @@ impl HttpSink {
                  (redirects are not followed: they would turn the POST into a GET without the alert)"
             )));
         }
+        let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+        let retry_after = retry_after.and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
         let text: String = response.text().await.unwrap_or_default().chars().take(200).collect();
         let what = format!("HTTP {status}: {text}");
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
-        {
-            Err(SinkError::transient(what))
-        } else {
-            Err(SinkError::permanent(what))
-        }
+        let pushover = matches!(self.api, Api::Pushover { .. });
+        Err(match status {
+            // Pushover's 429 means the application's monthly quota is spent, until the 1st.
+            StatusCode::TOO_MANY_REQUESTS if pushover => SinkError::Exhausted(
+                format!("{what}: Pushover's monthly message quota for this application is spent; alerts through this sink fail until it resets").into(),
+            ),
+            // Pushover asks for at least 5 s before a retry after a 5xx.
+            s if s.is_server_error() && pushover => SinkError::Later { wait: retry_after.unwrap_or_default().max(PUSHOVER_5XX_WAIT), error: what.into() },
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
+                match retry_after {
+                    Some(wait) => SinkError::Later { wait, error: what.into() },
+                    None => SinkError::transient(what),
+                }
+            }
+            _ => SinkError::permanent(what),
+        })
     }
+}
+
+/// ntfy's limit on a message, in bytes; longer ones become attachments.
+const NTFY_MAX_BYTES: usize = 4096;
+/// Pushover's minimum wait after a 5xx.
+const PUSHOVER_5XX_WAIT: Duration = Duration::from_secs(5);
+/// The longest `Retry-After` that is honoured as given; a longer one is cut to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` value: seconds (Discord sends a fraction) or an HTTP date, at most an hour.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())),
+        Ok(_) => return None,
+        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or_default(),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// A reqwest error without its URL, which may hold a token (Telegram, Slack, Discord).
@@ -263,6 +306,18 @@ fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// At most `max` bytes of UTF-8, cut at a character boundary and marked with `…`.
+fn truncate_bytes(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max - '\u{2026}'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\u{2026}", &s[..end])
+}
+
 fn truncate(s: &str, max_chars: usize) -> String {
     if s.chars().count() <= max_chars {
         return s.to_string();
@@ -288,5 +343,25 @@ mod tests {
     fn slack_text_cannot_link_or_mention() {
         assert_eq!(slack_escape("<!channel> <http://x|y> & more"), "&lt;!channel&gt; &lt;http://x|y&gt; &amp; more");
         assert_eq!(truncate("abcdef", 4), "abc\u{2026}");
+    }
+
+    #[test]
+    fn ntfy_bodies_fit_in_4096_bytes_at_a_char_boundary() {
+        let long = "é".repeat(3000);
+        let cut = truncate_bytes(&long, NTFY_MAX_BYTES);
+        assert!(cut.len() <= NTFY_MAX_BYTES && cut.ends_with('\u{2026}'), "{}", cut.len());
+        assert_eq!(truncate_bytes("short", NTFY_MAX_BYTES), "short");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_fractions_and_dates_and_is_capped() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("1.5", now), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

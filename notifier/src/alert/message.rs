@@ -43,6 +43,26 @@ impl Templates {
     }
 }
 
+impl Templates {
+    /// Renders both templates for `sample`, strictly: an error, or a title or body that is empty
+    /// (every receiver refuses an empty message), is returned to be reported before the daemon
+    /// starts, not found as a dead letter.
+    pub fn check(&self, sample: &Alert) -> Result<(), String> {
+        let alert = minijinja::Value::from_serialize(for_people(sample));
+        for (name, t) in [("title", &self.title), ("body", &self.body)] {
+            let Some(t) = t else { continue };
+            let text =
+                Environment::new().render_str(t, alert.clone()).map_err(|e| format!("`{name}` template: {e}"))?;
+            if text.trim().is_empty() {
+                return Err(format!(
+                    "`{name}` template renders an empty text for a login alert; receivers refuse empty messages"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The alert with every string that came from the event (or names what it did) neutralised by
 /// [`neutralize`]: the user name sshd passed for an invalid user, any PAM string, the reverse-DNS
 /// name, the reason that quotes them. The JSON of the event (`event`) stays exact; it reaches only
@@ -107,15 +127,16 @@ pub fn default_message(a: &Alert) -> Message {
         // "alice (from 198.51.100.7:52144) became root with sudo; …": the reason says it all.
         AlertKind::Login if privilege => Message {
             title: format!("{user} on {} with {}", a.host, a.service.as_deref().unwrap_or("?")),
-            body: format!("{}: {}", a.host, a.reason),
+            body: format!("{} at {}: {}", a.host, a.time, a.reason),
         },
         AlertKind::Login => Message {
             title: format!("{user} logged in to {} from {}", a.host, a.ip.map_or("local".into(), |i| i.to_string())),
-            body: format!("{user} logged in to {} from {from}{place}{how} \u{2014} {}", a.host, a.reason),
+            // The event's time: an alert delivered after hours of retries says when it happened.
+            body: format!("{user} logged in to {} at {} from {from}{place}{how} \u{2014} {}", a.host, a.time, a.reason),
         },
         AlertKind::BruteForce => Message {
             title: format!("Brute force on {} from {}", a.host, a.ip.map_or("?".into(), |i| i.to_string())),
-            body: format!("{}{place}: {}", a.host, a.reason),
+            body: format!("{}{place} at {}: {}", a.host, a.time, a.reason),
         },
         AlertKind::Summary | AlertKind::Health | AlertKind::Test => {
             Message { title: format!("notifier on {}", a.host), body: a.reason.clone() }
@@ -126,6 +147,20 @@ pub fn default_message(a: &Alert) -> Message {
 #[cfg(test)]
 mod people_tests {
     use super::*;
+
+    #[test]
+    fn templates_that_render_nothing_are_caught_before_delivery() {
+        let sample = crate::alert::sample_alert("web-1");
+        let t = |title: &str, body: &str| Templates { title: Some(title.into()), body: Some(body.into()) };
+        assert!(t("{{ user }} on {{ host }}", "{{ reason }}").check(&sample).is_ok());
+        let err = t("{{ user }}", "{{ no_such_field }}").check(&sample).unwrap_err();
+        assert!(err.contains("`body` template renders an empty text"), "{err}");
+        let err = t("  ", "x").check(&sample).unwrap_err();
+        assert!(err.contains("`title`"), "{err}");
+        assert!(Templates::default().check(&sample).is_ok());
+        let login = Alert { kind: AlertKind::Login, ..sample };
+        assert!(default_message(&login).body.contains(&login.time), "the event's time is in the body");
+    }
 
     #[test]
     fn event_strings_cannot_break_lines_link_or_mention() {

@@ -138,6 +138,18 @@ pub fn for_brute_force(b: &BruteForceEvent) -> Alert {
 }
 
 /// An alert about notifier itself (a summary, its health, or a test).
+/// The alert `test-alert` sends, and `check-config` renders each sink's templates with: a login
+/// of alice from 203.0.113.7:52144.
+pub fn sample_alert(host: &str) -> Alert {
+    let mut alert = internal_alert(AlertKind::Test, host, "This is a test alert from `notifier test-alert`.".into());
+    alert.user = Some("alice".into());
+    alert.ip = Some(IpAddr::from([203, 0, 113, 7]));
+    alert.port = Some(52144);
+    alert.service = Some("sshd".into());
+    alert.pam_type = Some("open_session".into());
+    alert
+}
+
 pub fn internal_alert(kind: AlertKind, host: &str, reason: String) -> Alert {
     let time = clock::format_time(clock::unix_now_ns());
     Alert {

@@ -19,6 +19,15 @@ pub enum SinkError {
     /// A 4xx, a bad address, a missing program: retrying cannot help.
     #[error("{0}")]
     Permanent(BoxError),
+    /// The receiver asked for a pause (a 429 or 503 with `Retry-After`, Pushover after a 5xx):
+    /// nothing more goes to this sink until it is over, and this alert is retried after it.
+    #[error("{error} (the server asks to wait {}s)", .wait.as_secs())]
+    Later { wait: Duration, error: BoxError },
+    /// The service refuses until a limit outside notifier resets (Pushover's monthly quota):
+    /// retrying would only add to the count, so the alert is a dead letter and one health alert
+    /// says why.
+    #[error("{0}")]
+    Exhausted(BoxError),
 }
 
 impl SinkError {

@@ -139,6 +139,8 @@ pub struct SinkHealth {
     /// How long the oldest pending alert has been failing.
     pub failing_for: Duration,
     pub last_error: String,
+    /// The service refuses every alert until an outside limit resets (`SinkError::Exhausted`).
+    pub stopped: bool,
 }
 
 /// Delivers a sink's alerts until the channel closes and nothing is pending.
@@ -157,11 +159,13 @@ pub async fn deliver(
         info!(sink = %name, count = pending.len(), "Delivering alerts spooled before the last stop.");
     }
     let mut open = true;
+    // Until when the receiver asked for a pause (`Retry-After`): nothing is sent to it before.
+    let mut paused_until = 0;
     loop {
         let now = now_ms();
         let mut i = 0;
         while i < pending.len() {
-            if pending[i].next_ms > now {
+            if pending[i].next_ms > now || paused_until > now {
                 i += 1;
                 continue;
             }
@@ -169,7 +173,7 @@ pub async fn deliver(
                 .await
                 .unwrap_or_else(|_| Err(SinkError::transient("no answer within 30 s")));
             let entry = &mut pending[i];
-            match result {
+            let (e, asked) = match result {
                 Ok(()) => {
                     if let Err(e) = spool.remove(&entry.alert.id) {
                         warn!(sink = %name, error = %e, "Delivered, but the spool file could not be removed.");
@@ -177,6 +181,7 @@ pub async fn deliver(
                     info!(sink = %name, alert = %entry.alert.id, attempts = entry.attempts + 1, "Alert delivered.");
                     Metrics::sink(&metrics.alerts_sent, &name);
                     pending.remove(i);
+                    continue;
                 }
                 Err(SinkError::Permanent(e)) => {
                     warn!(sink = %name, alert = %entry.alert.id, error = %e, "Delivery failed permanently; alert moved to the dead-letter file.");
@@ -184,37 +189,59 @@ pub async fn deliver(
                     Metrics::sink(&metrics.alerts_failed, &name);
                     Metrics::sink(&metrics.alerts_dead, &name);
                     pending.remove(i);
+                    continue;
                 }
-                Err(SinkError::Transient(e)) => {
+                Err(SinkError::Exhausted(e)) => {
+                    warn!(sink = %name, alert = %entry.alert.id, error = %e, "The service refuses alerts until its limit resets; alert moved to the dead-letter file.");
+                    let _ = spool.dead(&name, entry, &e.to_string());
                     Metrics::sink(&metrics.alerts_failed, &name);
-                    entry.attempts += 1;
-                    let age = Duration::from_millis(u64::try_from(now - entry.spooled_ms).unwrap_or(0));
-                    if age >= policy.max_age {
-                        warn!(sink = %name, alert = %entry.alert.id, error = %e, "Alert expired after retrying; moved to the dead-letter file.");
-                        let _ = spool.dead(&name, entry, &format!("expired after {} attempts: {e}", entry.attempts));
-                        Metrics::sink(&metrics.alerts_dead, &name);
-                        pending.remove(i);
-                        continue;
-                    }
-                    let seed = entry.spooled_ms as u64 ^ u64::from(entry.attempts);
-                    entry.next_ms = now + policy.delay(entry.attempts - 1, seed).as_millis() as i64;
-                    if entry.attempts == 1 {
-                        warn!(sink = %name, alert = %entry.alert.id, error = %e, "Delivery failed; will retry.");
-                    }
-                    entry.last_error = Some(e.to_string());
-                    if let Err(err) = spool.put(entry) {
-                        warn!(sink = %name, error = %err, "Could not update the spool file.");
-                    }
-                    let _ = health.send(SinkHealth { sink: name.clone(), failing_for: age, last_error: e.to_string() });
-                    i += 1;
+                    Metrics::sink(&metrics.alerts_dead, &name);
+                    pending.remove(i);
+                    let last_error = e.to_string();
+                    let _ = health.send(SinkHealth {
+                        sink: name.clone(),
+                        failing_for: Duration::ZERO,
+                        last_error,
+                        stopped: true,
+                    });
+                    continue;
                 }
+                Err(SinkError::Transient(e)) => (e, None),
+                Err(SinkError::Later { wait, error }) => (error, Some(wait)),
+            };
+            Metrics::sink(&metrics.alerts_failed, &name);
+            entry.attempts += 1;
+            let age = Duration::from_millis(u64::try_from(now - entry.spooled_ms).unwrap_or(0));
+            if age >= policy.max_age {
+                warn!(sink = %name, alert = %entry.alert.id, error = %e, "Alert expired after retrying; moved to the dead-letter file.");
+                let _ = spool.dead(&name, entry, &format!("expired after {} attempts: {e}", entry.attempts));
+                Metrics::sink(&metrics.alerts_dead, &name);
+                pending.remove(i);
+                continue;
             }
+            let seed = entry.spooled_ms as u64 ^ u64::from(entry.attempts);
+            let mut delay = policy.delay(entry.attempts - 1, seed);
+            if let Some(wait) = asked {
+                paused_until = now + wait.as_millis() as i64;
+                delay = delay.max(wait);
+            }
+            entry.next_ms = now + delay.as_millis() as i64;
+            if entry.attempts == 1 {
+                warn!(sink = %name, alert = %entry.alert.id, error = %e, "Delivery failed; will retry.");
+            }
+            entry.last_error = Some(e.to_string());
+            if let Err(err) = spool.put(entry) {
+                warn!(sink = %name, error = %err, "Could not update the spool file.");
+            }
+            let last_error = e.to_string();
+            let _ = health.send(SinkHealth { sink: name.clone(), failing_for: age, last_error, stopped: false });
+            i += 1;
         }
         metrics.pending(&name, pending.len());
         if !open && pending.is_empty() {
             return;
         }
-        let next = pending.iter().map(|e| e.next_ms).min();
+        let next = pending.iter().map(|e| e.next_ms.max(paused_until)).min();
         let wait = next.map(|n| Duration::from_millis(u64::try_from(n - now_ms()).unwrap_or(0)));
         tokio::select! {
             msg = rx.recv(), if open => match msg {

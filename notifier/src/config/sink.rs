@@ -170,6 +170,8 @@ pub struct RawSink {
     pub password: Option<RawSecret>,
     pub from: Option<String>,
     pub to: Option<Vec<String>>,
+    /// The name sent in EHLO (default: this host's name if fully qualified, else `from`'s domain).
+    pub ehlo_name: Option<String>,
     // Exec.
     pub command: Option<Vec<String>>,
     pub timeout_secs: Option<u64>,
@@ -194,7 +196,7 @@ impl RawSink {
     /// (required, optional) keys for the type.
     fn keys(kind: SinkType) -> (&'static [&'static str], &'static [&'static str]) {
         match kind {
-            SinkType::Email => (&["server", "from", "to"], &["port", "tls", "username", "password"]),
+            SinkType::Email => (&["server", "from", "to"], &["port", "tls", "username", "password", "ehlo_name"]),
             SinkType::Pushover => (&["token", "user_key"], &["api_base", "priority", "sound", "retry", "expire"]),
             SinkType::Ntfy => (&["topic"], &["server", "token", "priority", "tags"]),
             SinkType::Gotify => (&["server", "token"], &["priority"]),
@@ -231,8 +233,31 @@ impl RawSink {
         if let Some(facility) = &self.facility {
             syslog_facility(facility)?;
         }
-        if self.kind == SinkType::Pushover && !(-2..=2).contains(&self.priority.unwrap_or(0)) {
-            return Err("`priority` must be between -2 and 2".into());
+        // Each service's documented ranges: a value outside one dead-letters every alert.
+        let priority_range = match self.kind {
+            SinkType::Pushover => Some(-2..=2),
+            SinkType::Ntfy => Some(1..=5),
+            SinkType::Gotify => Some(0..=10),
+            _ => None,
+        };
+        if let (Some(range), Some(p)) = (priority_range, self.priority) {
+            if !range.contains(&p) {
+                return Err(format!(
+                    "`priority` {p} is out of range: a {:?} sink takes {} to {}",
+                    self.kind,
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        if let Some(topic) = &self.topic {
+            let valid = (1..=64).contains(&topic.len())
+                && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(format!(
+                    "`topic` {topic:?} is not a valid ntfy topic: 1 to 64 letters, digits, `-` or `_`"
+                ));
+            }
         }
         check_templates([&self.title, &self.body])
     }
@@ -310,6 +335,27 @@ mod tests {
         assert!(err.contains("empty"), "{err}");
         let err = sink("name='w'\ntype='webhook'\nurl='http://127.0.0.1/'\nbody='{{ user'").validate().unwrap_err();
         assert!(err.contains("invalid template"), "{err}");
+    }
+
+    #[test]
+    fn priorities_and_topics_follow_each_services_rules() {
+        let cases = [
+            ("type='ntfy'\ntopic='alerts'\npriority=5", None),
+            ("type='ntfy'\ntopic='alerts'\npriority=6", Some("takes 1 to 5")),
+            ("type='ntfy'\ntopic='alerts'\npriority=0", Some("takes 1 to 5")),
+            ("type='ntfy'\ntopic='my alerts'", Some("not a valid ntfy topic")),
+            ("type='ntfy'\ntopic='a/b'", Some("not a valid ntfy topic")),
+            ("type='gotify'\nserver='http://127.0.0.1'\ntoken='t'\npriority=11", Some("takes 0 to 10")),
+            ("type='pushover'\ntoken='t'\nuser_key='u'\npriority=3", Some("takes -2 to 2")),
+            ("type='pushover'\ntoken='t'\nuser_key='u'\npriority=-2", None),
+        ];
+        for (text, want) in cases {
+            let got = sink(&format!("name='x'\n{text}")).validate();
+            match want {
+                None => assert!(got.is_ok(), "{text}: {got:?}"),
+                Some(w) => assert!(got.as_ref().is_err_and(|e| e.contains(w)), "{text}: {got:?}"),
+            }
+        }
     }
 
     #[test]

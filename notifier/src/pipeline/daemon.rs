@@ -107,6 +107,15 @@ impl Daemon {
 
     /// A sink's task reports failing deliveries: one health alert per sink past the threshold.
     pub fn sink_health(&mut self, h: SinkHealth) {
+        if h.stopped {
+            if self.failing_reported.insert(h.sink.clone()) {
+                self.health(format!(
+                    "alert sink {} cannot deliver until its service's limit resets: {}",
+                    h.sink, h.last_error
+                ));
+            }
+            return;
+        }
         let threshold = self.config.alerts.health_sink_failing;
         if !threshold.is_zero() && h.failing_for >= threshold && self.failing_reported.insert(h.sink.clone()) {
             let text =

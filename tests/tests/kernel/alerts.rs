@@ -46,6 +46,26 @@ impl AlertLab {
     }
 }
 
+/// The email parsed by Python's `email` package under its strict policy (which raises on any
+/// defect): its `MIME-Version` and `Message-ID`.
+fn strict_email(raw: &str) -> Value {
+    let script = "import email, email.policy, json, sys\n\
+        m = email.message_from_bytes(sys.stdin.buffer.read(), policy=email.policy.strict)\n\
+        m.get_content()\n\
+        print(json.dumps({'mime_version': str(m['MIME-Version']), 'message_id': str(m['Message-ID'])}))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), raw.as_bytes()).expect("writing the email");
+    let out = child.wait_with_output().expect("python3");
+    assert!(out.status.success(), "the email does not parse strictly: {}\n{raw}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 pub(crate) fn hmac_hex(key: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
     mac.update(body);
@@ -165,6 +185,9 @@ command = ["{script}", "{out}"]
         "{body}"
     );
     assert!(headers.contains("ops@example.test") && headers.contains("oncall@example.test"), "{headers}");
+    let parsed = strict_email(&mail[0]);
+    assert_eq!(parsed["mime_version"], "1.0", "{parsed}");
+    assert!(parsed["message_id"].as_str().unwrap().ends_with("@web-test-1.example>"), "the sender's domain: {parsed}");
 
     let reqs = http.wait(WAIT, |r| r.len() >= 7);
     let by = |prefix: &str| {
@@ -183,6 +206,16 @@ command = ["{script}", "{out}"]
         "{form:?}"
     );
     assert_eq!(field("priority"), Some("0"));
+    // Pushover's documented limits, and the event's own time (Unix seconds), not the send time.
+    assert!(
+        field("title").is_some_and(|t| t.chars().count() <= 250)
+            && field("message").is_some_and(|m| m.chars().count() <= 1024)
+    );
+    let event_time =
+        time::OffsetDateTime::parse(open["time"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .expect("event time")
+            .unix_timestamp();
+    assert_eq!(field("timestamp"), Some(event_time.to_string().as_str()), "{form:?}");
 
     let ntfy = by("/ntfy");
     assert_eq!(ntfy.header("authorization"), Some("Bearer tk_ntfy"));
@@ -195,12 +228,15 @@ command = ["{script}", "{out}"]
         j["title"].as_str().unwrap().contains(name) && j["message"].as_str().unwrap().contains("127.0.0.23"),
         "{j}"
     );
+    // ntfy: a message over 4,096 bytes becomes an attachment; priorities are 1 to 5.
+    assert!(j["message"].as_str().unwrap().len() <= 4096 && (1..=5).contains(&j["priority"].as_i64().unwrap()));
 
     let gotify = by("/gotify/message");
     assert_eq!(gotify.header("x-gotify-key"), Some("AbCgotify"));
     let j = gotify.json();
+    // No priority configured: none is sent, so the application's default applies.
     assert!(
-        j["title"].is_string() && j["message"].as_str().unwrap().contains(name) && j["priority"].is_number(),
+        j["title"].is_string() && j["message"].as_str().unwrap().contains(name) && j.get("priority").is_none(),
         "{j}"
     );
 
@@ -208,6 +244,9 @@ command = ["{script}", "{out}"]
     let j = tg.json();
     assert_eq!(j["chat_id"], -1_001_234);
     assert!(j["text"].as_str().unwrap().contains(name) && j.get("parse_mode").is_none(), "{j}");
+    // Telegram's current field; `disable_web_page_preview` is deprecated.
+    assert_eq!(j["link_preview_options"], serde_json::json!({ "is_disabled": true }), "{j}");
+    assert!(j.get("disable_web_page_preview").is_none() && j["text"].as_str().unwrap().chars().count() <= 4096);
 
     let slack = by("/slack/T000/B000/XXX").json();
     assert!(slack["text"].as_str().unwrap().contains(name), "{slack}");
