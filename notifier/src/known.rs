@@ -127,9 +127,9 @@ pub fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let sample = crate::alert::sample_alert(config.host.as_deref().unwrap_or("web-1"));
     for sink in &config.sinks {
         let templates = crate::alert::message::Templates { title: sink.title.clone(), body: sink.body.clone() };
-        templates
-            .check(&sample)
-            .map_err(|e| anyhow::anyhow!("invalid config {}: sink {:?}: {e}", path.display(), sink.name))?;
+        templates.check(&sample).map_err(|e| {
+            crate::config::ConfigError::Unusable(format!("{}: sink {:?}: {e}", path.display(), sink.name))
+        })?;
     }
     println!("# {}: valid. Effective settings:", path.display());
     print!("{}", config.to_toml());

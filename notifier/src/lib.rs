@@ -18,6 +18,7 @@ pub mod config;
 pub mod enrich;
 pub mod event;
 pub mod id;
+pub mod journal;
 pub mod known;
 pub mod loader;
 pub mod metrics;

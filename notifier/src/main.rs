@@ -40,9 +40,30 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&e))
         }
     }
+}
+
+/// The exit status for an error, by the sysexits convention, so that systemd can tell what a
+/// restart cannot fix (the unit's `RestartPreventExitStatus=`): 78 for a config error, 77 for
+/// missing privileges, 69 when the system lacks what notifier needs (uprobes, libpam), 1 otherwise.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    use notifier::{config::ConfigError, loader::LoadError};
+    for cause in e.chain() {
+        if cause.is::<ConfigError>() {
+            return 78;
+        }
+        if let Some(load) = cause.downcast_ref::<LoadError>() {
+            return match load {
+                LoadError::NotPrivileged { .. } => 77,
+                LoadError::BadLibpam { .. } | LoadError::BadSshd { .. } => 78,
+                LoadError::NoUprobes | LoadError::LibpamNotFound { .. } => 69,
+                _ => 1,
+            };
+        }
+    }
+    1
 }
 
 /// Logs go to stderr (stdout carries only events). Under systemd (JOURNAL_STREAM set) journald adds
@@ -52,7 +73,8 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).with_target(false).init();
+        let format = tracing_subscriber::fmt::format().without_time().with_ansi(false).with_target(false);
+        builder.event_format(notifier::journal::Priority(format)).init();
     } else {
         use std::io::IsTerminal as _;
         builder.with_ansi(std::io::stderr().is_terminal()).with_target(false).init();

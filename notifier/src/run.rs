@@ -27,6 +27,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
+    daemon.started();
     info!(history = %daemon.judge.history_path().display(), "Streaming login events.");
     Pipeline::run(args.format(), daemon).run_until_stopped(probes, ctx).await
 }

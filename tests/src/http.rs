@@ -175,9 +175,11 @@ pub(crate) fn serve(
     let answer = if status == 200 { r#"{"status":1,"ok":true}"# } else { r#"{"status":0,"errors":["scripted"]}"# };
     // A scripted redirect points at another path of this receiver, as an http-to-https move would.
     let location = if (300..400).contains(&status) { "Location: /moved-here\r\n" } else { "" };
+    // A scripted 429 asks for a 2 s pause, as Slack, Discord and Telegram do.
+    let retry_after = if status == 429 { "Retry-After: 2\r\n" } else { "" };
     let _ = write!(
         stream,
-        "HTTP/1.1 {status} Scripted\r\n{location}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        "HTTP/1.1 {status} Scripted\r\n{location}{retry_after}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
         answer.len()
     );
 }

@@ -159,6 +159,9 @@ pub async fn deliver(
         info!(sink = %name, count = pending.len(), "Delivering alerts spooled before the last stop.");
     }
     let mut open = true;
+    // The alerts loaded from the spool at start and since delivered or given up on.
+    let mut done: Vec<String> = Vec::new();
+    let loaded: std::collections::HashSet<String> = pending.iter().map(|e| e.alert.id.clone()).collect();
     // Until when the receiver asked for a pause (`Retry-After`): nothing is sent to it before.
     let mut paused_until = 0;
     loop {
@@ -180,6 +183,9 @@ pub async fn deliver(
                     }
                     info!(sink = %name, alert = %entry.alert.id, attempts = entry.attempts + 1, "Alert delivered.");
                     Metrics::sink(&metrics.alerts_sent, &name);
+                    if loaded.contains(&entry.alert.id) {
+                        done.push(entry.alert.id.clone());
+                    }
                     pending.remove(i);
                     continue;
                 }
@@ -245,6 +251,8 @@ pub async fn deliver(
         let wait = next.map(|n| Duration::from_millis(u64::try_from(n - now_ms()).unwrap_or(0)));
         tokio::select! {
             msg = rx.recv(), if open => match msg {
+                // An alert submitted before this task first ran was in the spool it loaded too.
+                Some(entry) if pending.iter().any(|p| p.alert.id == entry.alert.id) || done.contains(&entry.alert.id) => {}
                 Some(entry) => {
                     pending.push(entry);
                     metrics.pending(&name, pending.len());

@@ -101,11 +101,28 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
         }
     }
 
+    /// Names the SSH login `e` was started in. The connection may have ended by the time a
+    /// session's later events are read (root's and users' records come through two rings, so
+    /// sshd's exit can be read before a `sudo`'s close), so the origin found at the first event
+    /// is kept until the session closes.
+    fn resolve_origin(&mut self, e: &mut LoginEvent, conn: (u32, u64)) {
+        e.origin = self.origin(conn).or_else(|| self.origins.get(&e.session).cloned());
+        match (&e.origin, e.event) {
+            (_, EventKind::SessionClose) => {
+                self.origins.remove(&e.session);
+            }
+            (Some(origin), _) if self.origins.len() < self.capacity => {
+                self.origins.insert(e.session.clone(), origin.clone());
+            }
+            _ => {}
+        }
+    }
+
     /// Takes one PAM event from the session assembler; appends what is due to `out`.
     pub fn pam_event(&mut self, mut e: LoginEvent, now_ns: u64, out: &mut Vec<LoginEvent>) {
         e.witnesses = vec![PAM];
         if let Some(conn) = e.origin_conn {
-            e.origin = self.origin(conn);
+            self.resolve_origin(&mut e, conn);
         }
         // A held open goes out before anything that follows it in the same session.
         let held_open = self.conns.get(&e.owner_pid).and_then(|c| c.held.as_ref());

@@ -122,6 +122,8 @@ pub struct Witness<P, L> {
     pub(super) conns: HashMap<u32, Conn>,
     /// Listeners whose connections have used PAM.
     pub(super) pam_listeners: HashSet<u32>,
+    /// The origin of each open PAM session started inside an SSH login, by `session`.
+    pub(super) origins: HashMap<String, Origin>,
     pub(super) capacity: usize,
     pub(super) ctx: HostContext,
     pub(super) procs: P,
@@ -135,6 +137,7 @@ impl<P: ProcessLookup, L: ListenerCheck> Witness<P, L> {
         Self {
             conns: HashMap::new(),
             pam_listeners: HashSet::new(),
+            origins: HashMap::new(),
             capacity: capacity.max(1),
             ctx,
             procs,

@@ -270,3 +270,36 @@ fn connections_of_other_programs_and_plain_pam_are_left_alone() {
     let out = run(&mut c, pam(&[(kind::OPEN_SESSION, 0)], b"alice", 2));
     assert_eq!(kinds(&out), [(EventKind::SessionOpen, vec!["pam"])], "no sshd connection: PAM alone");
 }
+
+#[test]
+fn sudo_inside_an_ssh_login_keeps_its_origin_after_the_connection_ends() {
+    let mut c = capture(true);
+    let mut recs = vec![connect(1), preauth_exit(5, 0, b"sshd")];
+    recs.extend(login(6, b"alice", 1001));
+    // sudo in alice's shell (pid 300): its pam_start names the connection.
+    let sudo = |kind: u32, ts_ms: u64| EventHeader {
+        handle: 0x5d0,
+        owner_tgid: 300,
+        session_start_ns: 10_000_000,
+        origin_tgid: if kind == kind::START { PRIV } else { 0 },
+        origin_ns: if kind == kind::START { CONN_NS } else { 0 },
+        uid_gid: 1001,
+        ..header(kind, 300, ts_ms)
+    };
+    recs.push(record(sudo(kind::START, 10), b"sudo"));
+    recs.push(record(sudo(kind::START_USER, 10), b"root"));
+    recs.push(record(sudo(kind::OPEN_SESSION, 11), b""));
+    // sshd's exit is read before sudo's close (two rings): the close still names the login.
+    recs.push(conn_exit(12));
+    recs.push(record(sudo(kind::CLOSE_SESSION, 11), b""));
+    let out = run(&mut c, recs);
+    let sudo_events: Vec<&LoginEvent> = out.iter().filter(|e| e.service.as_deref() == Some("sudo")).collect();
+    assert_eq!(sudo_events.len(), 2, "{out:#?}");
+    let login_session = &out.iter().find(|e| e.service.as_deref() == Some("sshd")).expect("the SSH login").session;
+    for e in sudo_events {
+        let origin = e.origin.as_ref().unwrap_or_else(|| panic!("no origin: {e:#?}"));
+        assert_eq!(origin.peer, Some(Peer { ip: "127.0.0.7".parse().unwrap(), port: Some(44013) }));
+        assert_eq!((origin.user.as_deref(), &origin.session), (Some("alice"), login_session));
+    }
+    assert!(c.witness.origins.is_empty(), "forgotten at the close");
+}

@@ -33,6 +33,10 @@ pub enum ConfigError {
     Parse { path: Option<String>, message: String },
     #[error("invalid config: {key} (line {line}): {reason}; {fix}")]
     Invalid { key: String, line: usize, reason: String, fix: String },
+    /// A setting that parses but cannot be used: a GeoIP file that does not open, a sink whose
+    /// secret cannot be read.
+    #[error("invalid config: {0}")]
+    Unusable(String),
 }
 
 /// The validated configuration.

@@ -25,6 +25,9 @@ use crate::{
 /// The shortest time between two health alerts about lost records of root's processes.
 const TRUSTED_LOSS_EVERY: Duration = Duration::from_secs(60);
 
+/// The state file that holds the start failure last alerted on.
+const START_FAILURE: &str = "start-failure";
+
 /// enrich -> policy -> alert, as `run` configures them.
 pub struct Daemon {
     pub config: Config,
@@ -47,7 +50,8 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the databases and the history, serves the metrics, and starts the sinks' tasks.
     pub async fn start(config: Config, config_path: Option<PathBuf>, host: String) -> anyhow::Result<Self> {
-        let geo = GeoDb::open(&config.geoip)?;
+        let unusable = |e: anyhow::Error| crate::config::ConfigError::Unusable(format!("{e:#}"));
+        let geo = GeoDb::open(&config.geoip).map_err(|e| unusable(e.into()))?;
         if geo.is_empty() {
             info!("GeoIP enrichment is off: no geoip.country_db or geoip.asn_db in the config.");
         }
@@ -58,7 +62,8 @@ impl Daemon {
             crate::metrics::serve(config.metrics.listen, metrics.clone(), config.state_dir.clone()).await?;
         }
         let dispatcher =
-            Dispatcher::start(&config.sinks, &config.alerts, &config.state_dir, host.clone(), metrics.clone())?;
+            Dispatcher::start(&config.sinks, &config.alerts, &config.state_dir, host.clone(), metrics.clone())
+                .map_err(unusable)?;
         if dispatcher.is_empty() {
             info!("No [[sink]] configured: alerts are only marked in the output.");
         }
@@ -77,14 +82,26 @@ impl Daemon {
         })
     }
 
-    /// The probes could not be attached: says so through the sinks before the daemon exits.
+    /// The probes could not be attached: says so through the sinks before the daemon exits, once
+    /// for the same failure however often systemd restarts it (the last failure alerted on is kept
+    /// in the state directory until a start succeeds).
     pub async fn start_failed(self, e: &LoadError) {
+        let text = format!("notifier could not start watching logins: {e}");
+        let marker = self.config.state_dir.join(START_FAILURE);
+        if std::fs::read_to_string(&marker).is_ok_and(|said| said == text) {
+            return;
+        }
         if self.config.alerts.health_attach && !self.dispatcher.is_empty() {
+            let _ = std::fs::write(&marker, &text);
             let mut dispatcher = self.dispatcher;
-            let text = format!("notifier could not start watching logins: {e}");
             dispatcher.submit(alert::internal_alert(AlertKind::Health, &self.host, text));
             dispatcher.shutdown(Duration::from_secs(10)).await;
         }
+    }
+
+    /// The probes are attached: a later start failure is news again.
+    pub fn started(&self) {
+        let _ = std::fs::remove_file(self.config.state_dir.join(START_FAILURE));
     }
 
     fn health(&mut self, text: String) {

@@ -527,3 +527,75 @@ fn libpam_replaced_by_an_upgrade_is_reattached_and_reported() {
     let (e, _) = wait_for(&n, "after-upgrade", "session_open");
     assert_eq!(e["peer"]["ip"], "198.51.100.62");
 }
+
+#[test]
+fn a_429_is_waited_out_and_pushovers_quota_gives_one_health_alert_and_no_retries() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let limited = HttpReceiver::start();
+    limited.respond_with(&[429]);
+    let pushover = HttpReceiver::start();
+    pushover.respond_with(&[429; 100]);
+    let ops = HttpReceiver::start();
+    let lab = AlertLab::new(&format!(
+        "[[sink]]\nname = \"limited\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+         [[sink]]\nname = \"phone\"\ntype = \"pushover\"\napi_base = \"{}\"\ntoken = \"t\"\nuser_key = \"u\"\n\
+         [[sink]]\nname = \"ops\"\ntype = \"webhook\"\nurl = \"{}\"",
+        limited.url("/hook"),
+        pushover.url(""),
+        ops.url("/ops")
+    ));
+    let n = Notifier::run(&lab.d.config);
+    let service = PamService::permit("ntlimit");
+    let user = unique("ntl");
+    lab.login(&service, &user, "198.51.100.{i}", 3);
+    let ours = |r: &Request| r.json()["event"]["user"] == user.as_str();
+    // The webhook: one 429, then a pause of at least the 2 s asked, then all three.
+    let reqs = limited.wait(WAIT, |r| r.iter().filter(|r| r.status == 200 && ours(r)).count() == 3);
+    let reqs: Vec<&Request> = reqs.iter().filter(|r| ours(r)).collect();
+    assert_eq!(reqs.len(), 4, "one refused, then three delivered: {reqs:?}");
+    assert_eq!(reqs[0].status, 429);
+    let paused = reqs[1].received.duration_since(reqs[0].received).expect("in order");
+    assert!(paused >= Duration::from_millis(1900), "the next request came after {paused:?}, before Retry-After");
+    // Pushover: each alert is tried once (the quota is spent for the month), and one health alert
+    // through the other sinks says why.
+    let health = |r: &Request| r.json()["kind"] == "health";
+    let got = ops.wait(WAIT, |r| r.iter().any(health));
+    let healths: Vec<Value> = got.iter().filter(|r| health(r)).map(Request::json).collect();
+    std::thread::sleep(Duration::from_secs(5));
+    let healths_later = ops.requests().iter().filter(|r| health(r)).count();
+    assert_eq!(healths_later, 1, "{healths:?}");
+    assert!(healths[0]["reason"].as_str().unwrap().contains("quota"), "{healths:?}");
+    let tries = pushover.requests().len();
+    assert!(tries <= 4, "{tries} requests to Pushover: three alerts and the health alert, no retries");
+    assert_eq!(ops.requests().iter().filter(|r| ours(r)).count(), 3);
+    drop(n);
+}
+
+#[test]
+fn a_start_failure_repeated_by_restarts_sends_one_health_alert() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let ops = HttpReceiver::start();
+    // libc is an ELF library with no PAM symbols: the probes cannot attach, a failure that a
+    // restart may fix (exit 1), so systemd keeps restarting it.
+    let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("libc");
+    let d = DaemonLab::new(|_| {
+        format!(
+            "[capture]\nlibpam = [\"{libc}\"]\n[[sink]]\nname = \"ops\"\ntype = \"webhook\"\nurl = \"{}\"",
+            ops.url("/ops")
+        )
+    });
+    for _ in 0..3 {
+        let out = Command::new(notifier_bin()).args(["run", "--config"]).arg(&d.config).output().expect("notifier");
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let health: Vec<Value> = ops.requests().iter().map(Request::json).filter(|a| a["kind"] == "health").collect();
+    assert_eq!(health.len(), 1, "{health:#?}");
+    assert!(health[0]["reason"].as_str().unwrap().contains("could not start watching logins"), "{health:#?}");
+}

@@ -133,6 +133,16 @@ fn the_deb_in_a_debian_13_container_starts_alerts_reloads_restarts_and_stops_und
         ("active".to_string(), pid.clone()),
         "reload keeps it running"
     );
+    // A bad file on reload: a warning, at the journal's warning priority, and it keeps running.
+    let config = c.root.join("etc/notifier/notifier.toml");
+    let good = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, "[policy]\nkown_networks = []\n").expect("config");
+    c.exec_ok(&["systemctl", "reload", "notifier"]);
+    let warnings = c.exec(&["journalctl", "--no-pager", "-p", "warning", "-u", "notifier"]);
+    assert!(warnings.contains("Config reload failed") && warnings.contains("kown_networks"), "{warnings}");
+    assert!(!warnings.contains("Probes attached"), "info lines are not warnings: {warnings}");
+    std::fs::write(&config, &good).expect("config");
+    assert_eq!(unit(&c, "MainPID"), pid);
 
     c.exec_ok(&["kill", "-9", &pid]);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -148,6 +158,12 @@ fn the_deb_in_a_debian_13_container_starts_alerts_reloads_restarts_and_stops_und
 
     c.exec_ok(&["systemctl", "stop", "notifier"]);
     assert_eq!(unit(&c, "ActiveState"), "inactive");
+    // A bad config at start exits 78, and systemd does not try again.
+    std::fs::write(&config, "[policy]\nkown_networks = []\n").expect("config");
+    let _ = c.exec(&["systemctl", "start", "notifier"]);
+    std::thread::sleep(Duration::from_secs(4)); // past RestartSec=2s
+    assert_eq!((unit(&c, "ExecMainStatus"), unit(&c, "ActiveState")), ("78".to_string(), "failed".to_string()));
+    assert_eq!(unit(&c, "NRestarts"), "0", "no restart after a config error");
     let journal = c.exec(&["journalctl", "--no-pager", "-u", "notifier"]);
     assert!(!journal.contains("already exists but the mode is different"), "{journal}");
     let status = c.exec(&["systemctl", "status", "--no-pager", "notifier"]);

@@ -304,12 +304,26 @@ fn config_errors_name_the_key_or_path_and_check_config_fails() {
         fs::write(&path, text).expect("config");
         let out =
             Command::new(notifier_bin()).args(["check-config", "--config"]).arg(&path).output().expect("notifier");
-        assert!(!out.status.success(), "check-config accepted {text:?}");
+        assert_eq!(out.status.code(), Some(78), "check-config: a config error exits 78 (EX_CONFIG): {text:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         for want in *wants {
             assert!(err.contains(want), "{text:?}: {err} lacks {want:?}");
         }
+        // The daemon too, before it touches the kernel.
+        let out = Command::new(notifier_bin()).args(["run", "--config"]).arg(&path).output().expect("notifier");
+        assert_eq!(out.status.code(), Some(78), "run: {text:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // A template that renders nothing is caught here, not as a dead letter.
+    let path = lab.path("empty.toml");
+    fs::write(
+        &path,
+        "[[sink]]\nname = \"w\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nbody = \"{{ nothing }}\"\n",
+    )
+    .expect("config");
+    let out = Command::new(notifier_bin()).args(["check-config", "--config"]).arg(&path).output().expect("notifier");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("renders an empty text"), "{err}");
     let good = lab.path("good.toml");
     fs::write(&good, "[policy]\nknown_networks = [\"10.0.0.0/8\"]\n").expect("config");
     let out = run(Command::new(notifier_bin()).args(["check-config", "--config"]).arg(&good));

@@ -85,8 +85,12 @@ fn unit_verifies_and_each_capability_it_grants_is_needed() {
     // Without CAP_SYS_ADMIN: one error line that names it, at once.
     let out = with_capabilities(&caps[1..], &["watch"]).output().expect("setpriv");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(77), "missing privileges exit 77 (EX_NOPERM): {err}");
     assert!(err.contains("permission denied") && err.contains("missing: CAP_SYS_ADMIN"), "{err}");
+    assert!(
+        unit.lines().any(|l| l == "RestartPreventExitStatus=77 78"),
+        "the unit does not restart on a config error or missing privileges"
+    );
     // CAP_BPF and CAP_PERFMON instead are not enough on this kernel, and the error says which is.
     let out = with_capabilities(&["CAP_BPF".into(), "CAP_PERFMON".into(), caps[1].clone()], &["watch"])
         .output()
