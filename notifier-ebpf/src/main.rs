@@ -14,6 +14,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The object's licence as the kernel reads it: "Dual MIT/GPL" is GPL-compatible, which the
+/// helpers the probes use (probe reads, ring buffer output) require. The crate is MIT or GPL-2.0.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::{
     ratelimit::{self, Limiter},
-    sink::Sink,
+    sink::{BuildError, Sink},
     spool::{self, now_ms, Entry, RetryPolicy, SinkHealth, Spool},
     Alert, AlertKind,
 };
@@ -50,13 +50,39 @@ pub struct Dispatcher {
 /// POST into a GET without its body (and drop `Authorization`), and the page it lands on would
 /// count as delivered; the sink reports the redirect instead.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    client_builder().build().context("building the HTTP client")
+}
+
+/// The settings every HTTP sink's client shares: no redirects, bounded waits, and only the
+/// bundled Mozilla roots unless a sink asks for more.
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(20))
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("notifier/", env!("CARGO_PKG_VERSION")))
+        .tls_built_in_native_certs(false)
+}
+
+/// A client for a sink behind a private CA: the roots in the PEM file `ca_file` (one or more
+/// certificates), and with `system_ca` the system's store, besides the bundled roots.
+pub fn http_client_with_roots(ca_file: Option<&Path>, system_ca: bool) -> Result<reqwest::Client, BuildError> {
+    let mut builder = client_builder().tls_built_in_native_certs(system_ca);
+    if let Some(path) = ca_file {
+        let invalid = |reason: String| BuildError::Invalid { key: "ca_file", reason };
+        let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| invalid(format!("{} holds no PEM certificate: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(invalid(format!("{} holds no PEM certificate", path.display())));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
         .build()
-        .context("building the HTTP client")
+        .map_err(|e| BuildError::Invalid { key: "ca_file", reason: format!("building the HTTP client: {e}") })
 }
 
 impl Dispatcher {

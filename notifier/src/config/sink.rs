@@ -163,6 +163,10 @@ pub struct RawSink {
     pub chat_id: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
     pub secret: Option<RawSecret>,
+    /// HTTP sinks: PEM file of the CA(s) that signed the server's certificate, trusted besides the
+    /// bundled Mozilla roots; and whether to trust the system's store too.
+    pub ca_file: Option<PathBuf>,
+    pub system_ca: Option<bool>,
     // Email.
     pub port: Option<u16>,
     pub tls: Option<Tls>,
@@ -197,12 +201,14 @@ impl RawSink {
     fn keys(kind: SinkType) -> (&'static [&'static str], &'static [&'static str]) {
         match kind {
             SinkType::Email => (&["server", "from", "to"], &["port", "tls", "username", "password", "ehlo_name"]),
-            SinkType::Pushover => (&["token", "user_key"], &["api_base", "priority", "sound", "retry", "expire"]),
-            SinkType::Ntfy => (&["topic"], &["server", "token", "priority", "tags"]),
-            SinkType::Gotify => (&["server", "token"], &["priority"]),
-            SinkType::Telegram => (&["token", "chat_id"], &["api_base"]),
-            SinkType::Slack | SinkType::Discord => (&["url"], &[]),
-            SinkType::Webhook => (&["url"], &["headers", "secret"]),
+            SinkType::Pushover => {
+                (&["token", "user_key"], &["api_base", "priority", "sound", "retry", "expire", "ca_file", "system_ca"])
+            }
+            SinkType::Ntfy => (&["topic"], &["server", "token", "priority", "tags", "ca_file", "system_ca"]),
+            SinkType::Gotify => (&["server", "token"], &["priority", "ca_file", "system_ca"]),
+            SinkType::Telegram => (&["token", "chat_id"], &["api_base", "ca_file", "system_ca"]),
+            SinkType::Slack | SinkType::Discord => (&["url"], &["ca_file", "system_ca"]),
+            SinkType::Webhook => (&["url"], &["headers", "secret", "ca_file", "system_ca"]),
             SinkType::Exec => (&["command"], &["timeout_secs"]),
             SinkType::Syslog => (&["address"], &["facility"]),
         }

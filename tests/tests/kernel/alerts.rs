@@ -260,6 +260,21 @@ command = ["{script}", "{out}"]
     assert_eq!(signature, format!("sha256={}", hmac_hex("hook-secret", &hook.body)), "valid HMAC of the body");
     let j = hook.json();
     assert_eq!(hook.header("idempotency-key"), j["id"].as_str());
+    // Standard Webhooks: the id, this attempt's time and the body, signed together.
+    let (id, ts) =
+        (hook.header("webhook-id").expect("webhook-id"), hook.header("webhook-timestamp").expect("timestamp"));
+    assert_eq!(Some(id), j["id"].as_str());
+    let ts: i64 = ts.parse().expect("Unix seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    assert!((now - ts).abs() < 60, "webhook-timestamp {ts} is this attempt's time");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").expect("key");
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&hook.body);
+    let want = format!(
+        "v1,{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, mac.finalize().into_bytes())
+    );
+    assert_eq!(hook.header("webhook-signature"), Some(want.as_str()));
     assert_eq!(j["event"]["user"], name);
     assert_eq!(j["event"]["peer"]["port"], port);
     assert_eq!(j["verdict"], open["verdict"]);
@@ -598,4 +613,87 @@ fn a_start_failure_repeated_by_restarts_sends_one_health_alert() {
     let health: Vec<Value> = ops.requests().iter().map(Request::json).filter(|a| a["kind"] == "health").collect();
     assert_eq!(health.len(), 1, "{health:#?}");
     assert!(health[0]["reason"].as_str().unwrap().contains("could not start watching logins"), "{health:#?}");
+}
+
+/// An HTTPS receiver on 127.0.0.1 whose certificate a test CA signed: returns the CA's PEM path,
+/// the port, and the server (killed on drop through the guard).
+fn https_receiver(lab: &Lab) -> (PathBuf, u16, ChildGuard) {
+    let p = |f: &str| lab.path(f).display().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-keyout", &p("ca.key"), "-out", &p("ca.pem")])
+        .args(["-days", "1", "-subj", "/CN=notifier test CA"]));
+    run(Command::new("openssl")
+        .args(["req"])
+        .args(ec)
+        .args(["-keyout", &p("srv.key"), "-out", &p("srv.csr")])
+        .args(["-subj", "/CN=127.0.0.1"]));
+    fs::write(lab.path("ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("ext");
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-in", &p("srv.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key")])
+        .args(["-CAcreateserial", "-days", "1", "-out", &p("srv.pem"), "-extfile", &p("ext")]));
+    let port = unused_port();
+    let script = format!(
+        "import http.server, ssl\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_POST(self):\n\
+         \x20       body = self.rfile.read(int(self.headers['Content-Length']))\n\
+         \x20       open('{got}', 'ab').write(body + b'\\n')\n\
+         \x20       self.send_response(200); self.send_header('Content-Length', '0'); self.end_headers()\n\
+         s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('{cert}', '{key}')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n",
+        got = p("got"),
+        cert = p("srv.pem"),
+        key = p("srv.key"),
+    );
+    let child = Command::new("python3").args(["-c", &script]).stderr(Stdio::null()).spawn().expect("python3");
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the HTTPS receiver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (lab.path("ca.pem"), port, ChildGuard(child))
+}
+
+/// Kills the child on drop.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_webhook_behind_a_private_ca_is_delivered_with_ca_file_and_refused_without() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = Lab::new();
+    let (ca, port, _server) = https_receiver(&lab);
+    let config = lab.path("notifier.toml");
+    fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n\
+             [[sink]]\nname = \"trusted\"\ntype = \"webhook\"\nurl = \"https://127.0.0.1:{port}/hook\"\nca_file = \"{}\"\n\
+             [[sink]]\nname = \"untrusted\"\ntype = \"webhook\"\nurl = \"https://127.0.0.1:{port}/hook\"\n",
+            lab.path("state").display(),
+            ca.display()
+        ),
+    )
+    .expect("config");
+    let out = Command::new(notifier_bin()).args(["test-alert", "--config"]).arg(&config).output().expect("notifier");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "one sink fails: {text}");
+    assert!(text.contains("sink trusted (webhook): ok"), "{text}");
+    let refused = text.lines().find(|l| l.contains("sink untrusted")).unwrap_or_else(|| panic!("{text}"));
+    assert!(refused.to_lowercase().contains("certificate"), "refused for its certificate: {refused}");
+    let got = fs::read_to_string(lab.path("got")).expect("the receiver got the trusted sink's alert");
+    assert_eq!(got.lines().count(), 1, "{got}");
 }

@@ -62,36 +62,35 @@ fn main() {
     let mut report = Report { per_hit_ns: f64::NAN, rows: Vec::new(), notes: Vec::new() };
     println!("{:<18} {:<44} {:<34} {:<16} result", "case", "what", "figure", "target");
     let wanted = |case: &str| args.only.is_empty() || args.only.iter().any(|c| c == case);
-    if wanted("probe") {
-        probe_cost(&mut report, if q { 3 } else { 7 });
-    }
-    if wanted("witness") {
-        witness_cost(&mut report, if q { 3 } else { 7 });
-    }
-    if wanted("login") {
-        login_overhead(&mut report, if q { 5 } else { 12 });
-        concurrent_logins(&mut report, 8, if q { 5 } else { 20 }, if q { 1 } else { 3 });
-    }
-    if wanted("latency") {
-        event_latency(&mut report, if q { 1000 } else { 4000 });
-    }
-    if wanted("throughput") {
-        throughput(&mut report, if q { 10_000 } else { 30_000 }, if q { 1 } else { 3 });
-    }
-    if wanted("footprint") {
+    // Each case says when it starts and how long it took, on stderr, so that a run of many
+    // minutes is never silent; the table rows stay on stdout.
+    let mut case = |name: &str, run: &mut dyn FnMut(&mut Report)| {
+        if !wanted(name) {
+            return;
+        }
+        eprintln!("bench: {name}: starting");
+        let started = std::time::Instant::now();
+        run(&mut report);
+        eprintln!("bench: {name}: done in {:.1} s", started.elapsed().as_secs_f64());
+    };
+    case("probe", &mut |r| probe_cost(r, if q { 3 } else { 7 }));
+    case("witness", &mut |r| witness_cost(r, if q { 3 } else { 7 }));
+    case("login", &mut |r| {
+        login_overhead(r, if q { 5 } else { 12 });
+        concurrent_logins(r, 8, if q { 5 } else { 20 }, if q { 1 } else { 3 });
+    });
+    case("latency", &mut |r| event_latency(r, if q { 1000 } else { 4000 }));
+    case("throughput", &mut |r| throughput(r, if q { 10_000 } else { 30_000 }, if q { 1 } else { 3 }));
+    case("footprint", &mut |r| {
         footprint(
-            &mut report,
+            r,
             if q { 3 } else { 7 },
             Duration::from_secs(if q { 5 } else { 20 }),
             if q { 20_000 } else { 100_000 },
-        );
-    }
-    if wanted("hostile") {
-        hostile_load(&mut report, if q { 6 } else { 10 }, if q { 100 } else { 300 });
-    }
-    if wanted("alert") {
-        alert_latency(&mut report, if q { 50 } else { 200 });
-    }
+        )
+    });
+    case("hostile", &mut |r| hostile_load(r, if q { 6 } else { 10 }, if q { 100 } else { 300 }));
+    case("alert", &mut |r| alert_latency(r, if q { 50 } else { 200 }));
     if !args.only.is_empty() {
         println!("bench: --only given; {} left alone", args.out.display());
         return;
