@@ -293,6 +293,7 @@ impl Record {
                 | kind::SSHD_LOGIN
                 | kind::SSHD_UID
                 | kind::SSHD_EXIT
+                | kind::NEW_MOUNT_NS
         );
         let (ring, ring_bytes) =
             if self.lane == lane::ROOT { (&EVENTS, RING_BYTES) } else { (&EVENTS_USER, RING_USER_BYTES) };

@@ -10,18 +10,12 @@ use super::*;
 /// The pristine root file system: `NOTIFIER_DEBIAN13` (set by `cargo xtask test`) or target/.
 /// `None` (with a reason printed) when it is missing, which under `CI=true` is a failure.
 pub fn debian13_root() -> Option<PathBuf> {
-    let root = std::env::var_os("NOTIFIER_DEBIAN13")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debian13/pristine"));
-    if root.join("usr/lib/openssh/sshd-session").exists() {
-        return Some(root);
-    }
-    let reason = format!("the Debian 13 root file system is not in {} (run `cargo xtask setup`)", root.display());
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}");
-    }
-    eprintln!("skipped: {reason}");
-    None
+    set_up(
+        "NOTIFIER_DEBIAN13",
+        "target/debian13/pristine",
+        "usr/lib/openssh/sshd-session",
+        "no Debian 13 root file system",
+    )
 }
 
 /// A booted container; shut down and removed on drop.

@@ -61,6 +61,20 @@ pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// A directory `cargo xtask setup` prepares: `env` (set by `cargo xtask test`) or `default` under
+/// the workspace, if it holds `marker`. `None` (with `what` and the fix printed) otherwise, which
+/// under `CI=true` is a failure: a test that cannot run must not pass quietly there.
+pub(crate) fn set_up(env: &str, default: &str, marker: &str, what: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| workspace_root().join(default));
+    if dir.join(marker).exists() {
+        return Some(dir);
+    }
+    let reason = format!("{what} in {} (run `cargo xtask setup`)", dir.display());
+    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{reason}");
+    eprintln!("skipped: {reason}");
+    None
+}
+
 /// The notifier binary under test: `NOTIFIER_BIN` (set by `cargo xtask test`) or the release build.
 pub fn notifier_bin() -> PathBuf {
     std::env::var_os("NOTIFIER_BIN")

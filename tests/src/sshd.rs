@@ -16,18 +16,12 @@ pub enum OpenSsh {
 /// The unpacked OpenSSH 10.0: `NOTIFIER_OPENSSH10` (set by `cargo xtask test`), or target/. `None`
 /// (with a reason printed) when it is missing, which under `CI=true` is a failure.
 pub fn openssh10() -> Option<PathBuf> {
-    let root = std::env::var_os("NOTIFIER_OPENSSH10")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/openssh-10.0/root"));
-    if root.join("usr/lib/openssh/sshd-session").exists() {
-        return Some(root);
-    }
-    let reason = format!("OpenSSH 10.0 is not unpacked in {} (run `cargo xtask setup`)", root.display());
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}");
-    }
-    eprintln!("skipped: {reason}");
-    None
+    set_up(
+        "NOTIFIER_OPENSSH10",
+        "target/openssh-10.0/root",
+        "usr/lib/openssh/sshd-session",
+        "OpenSSH 10.0 is not unpacked",
+    )
 }
 
 /// How to start a private sshd.

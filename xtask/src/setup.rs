@@ -14,7 +14,8 @@ pub(crate) const BENCH_PACKAGES: &[&str] = &["bpftrace"];
 /// aiosmtpd (a real SMTP server), paramiko (an SSH client that sends any user name, which
 /// OpenSSH's client refuses to), strace (to check the unit's system call filter), and for the
 /// packaging check man-db and systemd-analyze; sudo and cron for the local-session tests; mmdebstrap
-/// and systemd-nspawn for the Debian 13 container.
+/// and systemd-nspawn for the Debian 13 container; rsyslog and openssl for the syslog and
+/// private-CA tests.
 pub(crate) const TEST_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
@@ -30,6 +31,8 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "cron",
     "mmdebstrap",
     "systemd-container",
+    "rsyslog",
+    "openssl",
 ];
 
 /// What to set up for.

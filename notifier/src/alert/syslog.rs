@@ -1,7 +1,10 @@
-//! The syslog sink: RFC 5424 messages to the local socket (`unix:/dev/log`), or to a remote
-//! collector over UDP or TCP (octet-counted framing, RFC 6587). Event data goes into
-//! structured-data parameters, escaped as RFC 5424 requires (`"`, `\` and `]`), and into the message
-//! with control characters escaped, so one alert is always one record.
+//! The syslog sink. To the local socket (`unix:/dev/log`) it writes the BSD form (RFC 3164, as
+//! glibc's `syslog()` does: `<PRI>Mmm dd hh:mm:ss notifier[PID]: message`), which is what journald
+//! and rsyslog parse there; RFC 5424 there would arrive with no program name and its header inside
+//! the message. To a remote collector over UDP or TCP (octet-counted framing, RFC 6587) it writes
+//! RFC 5424. Event data goes into structured-data parameters (in the BSD form, `key="value"`
+//! pairs after the text), escaped as RFC 5424 requires (`"`, `\` and `]`), and control characters
+//! are escaped, so one alert is always one record.
 
 use std::net::SocketAddr;
 
@@ -43,11 +46,12 @@ fn header_field(s: &str, max: usize) -> String {
     }
 }
 
-/// One RFC 5424 record for `alert`.
-pub fn format(alert: &Alert, facility: u8, templates: &Templates) -> String {
-    let severity = 4; // warning
-    let msg = templates.render(alert);
-    let mut sd = format!("[notifier@32473 kind=\"{}\"", sd_escape(&format!("{:?}", alert.kind).to_lowercase()));
+/// Every alert is a warning.
+const SEVERITY: u16 = 4;
+
+/// The event's fields as `key="value"` pairs, escaped as RFC 5424 structured data.
+fn params(alert: &Alert) -> String {
+    let mut sd = format!("kind=\"{}\"", sd_escape(&format!("{:?}", alert.kind).to_lowercase()));
     let mut param = |k: &str, v: Option<String>| {
         if let Some(v) = v {
             sd.push_str(&format!(" {k}=\"{}\"", sd_escape(&v)));
@@ -61,12 +65,21 @@ pub fn format(alert: &Alert, facility: u8, templates: &Templates) -> String {
     param("service", alert.service.clone());
     param("country", alert.country.clone());
     param("asn", alert.asn.map(|a| a.to_string()));
-    sd.push(']');
-    let text: String =
-        msg.body.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+    sd
+}
+
+/// The rendered body on one line.
+fn text(alert: &Alert, templates: &Templates) -> String {
+    let msg = templates.render(alert);
+    msg.body.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// One RFC 5424 record for `alert`.
+pub fn format(alert: &Alert, facility: u8, templates: &Templates) -> String {
+    let (sd, text) = (params(alert), text(alert, templates));
     format!(
-        "<{}>1 {} {} notifier {} {} {sd} {text}",
-        u16::from(facility) * 8 + severity,
+        "<{}>1 {} {} notifier {} {} [notifier@32473 {sd}] {text}",
+        u16::from(facility) * 8 + SEVERITY,
         header_field(&alert.time, 64),
         header_field(&alert.host, 255),
         std::process::id(),
@@ -74,9 +87,26 @@ pub fn format(alert: &Alert, facility: u8, templates: &Templates) -> String {
     )
 }
 
+/// One BSD (RFC 3164) record for `alert`, for the local socket, stamped `now` (UTC; journald and
+/// rsyslog keep their own receive time).
+pub fn format_bsd(alert: &Alert, facility: u8, templates: &Templates, now: time::OffsetDateTime) -> String {
+    let stamp = time::macros::format_description!("[month repr:short] [day padding:space] [hour]:[minute]:[second]");
+    format!(
+        "<{}>{} notifier[{}]: {} [{}]",
+        u16::from(facility) * 8 + SEVERITY,
+        now.format(&stamp).unwrap_or_default(),
+        std::process::id(),
+        text(alert, templates),
+        params(alert),
+    )
+}
+
 impl SyslogSink {
     pub async fn send(&self, alert: &Alert) -> Result<(), SinkError> {
-        let record = format(alert, self.facility, &self.templates);
+        let record = match self.address {
+            Address::Unix(_) => format_bsd(alert, self.facility, &self.templates, time::OffsetDateTime::now_utc()),
+            _ => format(alert, self.facility, &self.templates),
+        };
         let transient = |what: &str, e: std::io::Error| SinkError::transient(format!("syslog {what}: {e}"));
         match &self.address {
             Address::Unix(path) => {
@@ -116,6 +146,18 @@ mod tests {
         assert!(r.starts_with("<84>1 2026-11-24T18:07:50.123Z web1 notifier "), "{r}");
         assert!(r.contains(r#" user="ev\"il\]\\"#), "{r}");
         assert!(r.contains(r#"ip="203.0.113.7""#), "{r}");
+        assert!(!r.contains('\n'), "one record is one line: {r:?}");
+    }
+
+    #[test]
+    fn the_local_socket_gets_the_bsd_form_with_program_name_and_pid() {
+        let mut a = internal_alert(AlertKind::Login, "web-1", "new network".into());
+        a.user = Some("ev\"il\nx".into());
+        let now = time::macros::datetime!(2026-12-05 09:04:05 UTC);
+        let r = format_bsd(&a, 10, &Templates::default(), now);
+        let head = format!("<84>Dec  5 09:04:05 notifier[{}]: ", std::process::id());
+        assert!(r.starts_with(&head), "{r}");
+        assert!(r.ends_with(r#"user="ev\"il\nx"]"#), "{r}");
         assert!(!r.contains('\n'), "one record is one line: {r:?}");
     }
 

@@ -11,6 +11,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use aya::Ebpf;
+use notifier_common::names;
 use tracing::{info, warn};
 
 use super::{
@@ -21,6 +23,20 @@ use super::{
 
 /// The tracepoint: (program, category, event).
 pub(super) const TRACEPOINT: (&str, &str, &str) = ("containers_sched_process_exec", "sched", "sched_process_exec");
+
+/// Marks the host's mount namespace (PID 1's) and notifier's own as seen, so that the programs
+/// root runs on the host every minute are not reported as a new namespace each start. Best
+/// effort: a namespace that cannot be read is reported once, and then found to share our root.
+pub(super) fn seed_known_namespaces(ebpf: &mut Ebpf) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(map) = ebpf.map_mut(names::MOUNT_NS_SEEN) else { return };
+    let Ok(mut seen) = aya::maps::HashMap::<_, u32, u8>::try_from(map) else { return };
+    for ns in ["/proc/1/ns/mnt", "/proc/self/ns/mnt"] {
+        if let Ok(m) = fs::metadata(ns) {
+            let _ = seen.insert(m.ino() as u32, 1, 0);
+        }
+    }
+}
 
 /// What a new root added.
 #[derive(Debug, Default)]

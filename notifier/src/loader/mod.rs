@@ -238,6 +238,7 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
 /// Attaches the tracepoint that reports new mount namespaces, so that containers started later are
 /// covered; without it (no tracefs, or an unknown kernel layout) they are not, which is said once.
 fn follow_containers(ebpf: &mut Ebpf, offsets: &notifier_common::TaskOffsets) {
+    containers::seed_known_namespaces(ebpf);
     let (program, category, event) = containers::TRACEPOINT;
     let attached = match (offsets.mount_ns_valid, sshd::tracefs()) {
         (0, _) => Err("the kernel's BTF has no nsproxy.mnt_ns layout that notifier knows".to_string()),

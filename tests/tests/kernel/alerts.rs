@@ -697,3 +697,62 @@ fn a_webhook_behind_a_private_ca_is_delivered_with_ca_file_and_refused_without()
     let got = fs::read_to_string(lab.path("got")).expect("the receiver got the trusted sink's alert");
     assert_eq!(got.lines().count(), 1, "{got}");
 }
+
+#[test]
+fn syslog_on_a_local_socket_reaches_a_real_rsyslog_with_program_facility_and_severity() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // A private rsyslogd: its own socket, work directory and output file, in the BSD parser's
+    // terms: program name, facility, severity, message.
+    let lab = Lab::new();
+    let (socket, out) = (lab.path("log.sock"), lab.path("out.log"));
+    fs::write(
+        lab.path("rsyslog.conf"),
+        format!(
+            "global(workDirectory=\"{dir}\")\n\
+             module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
+             input(type=\"imuxsock\" Socket=\"{socket}\")\n\
+             template(name=\"fields\" type=\"string\" string=\"%programname%|%procid%|%syslogfacility-text%|%syslogseverity-text%|%msg%\\n\")\n\
+             action(type=\"omfile\" file=\"{out}\" template=\"fields\")\n",
+            dir = lab.dir.display(),
+            socket = socket.display(),
+            out = out.display()
+        ),
+    )
+    .expect("rsyslog.conf");
+    let rsyslogd = Command::new("rsyslogd")
+        .args(["-n", "-f"])
+        .arg(lab.path("rsyslog.conf"))
+        .arg("-i")
+        .arg(lab.path("rsyslogd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rsyslogd (install rsyslog)");
+    let _rsyslogd = ChildGuard(rsyslogd);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "rsyslogd did not open its socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let service = PamService::permit("ntrsyslog");
+    let a = AlertLab::new(&format!(
+        "[[sink]]\nname = \"local\"\ntype = \"syslog\"\naddress = \"unix:{}\"\nfacility = \"authpriv\"",
+        socket.display()
+    ));
+    let n = Notifier::run(&a.d.config);
+    a.login(&service, "rsysuser", "198.51.100.6", 1);
+    let deadline = std::time::Instant::now() + WAIT;
+    let line = loop {
+        let text = fs::read_to_string(&out).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("rsysuser")) {
+            break line.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing reached rsyslog: {text:?}\n{}", n.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let fields: Vec<&str> = line.splitn(5, '|').collect();
+    assert_eq!(fields[..4], ["notifier", &n.pid().to_string(), "authpriv", "warning"], "{line}");
+    assert!(fields[4].contains("198.51.100.6") && fields[4].contains(r#"verdict="first_login""#), "{line}");
+}

@@ -106,7 +106,8 @@ fn the_deb_in_a_debian_13_container_starts_alerts_reloads_restarts_and_stops_und
         c.root.join("etc/notifier/notifier.toml"),
         format!(
             "[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n\
-             secret = {{ file = \"${{CREDENTIALS_DIRECTORY}}/notifier_hook-secret\" }}\n",
+             secret = {{ file = \"${{CREDENTIALS_DIRECTORY}}/notifier_hook-secret\" }}\n\
+             [[sink]]\nname = \"journal\"\ntype = \"syslog\"\naddress = \"unix:/dev/log\"\n",
             hook.url("/hook")
         ),
     )
@@ -125,6 +126,27 @@ fn the_deb_in_a_debian_13_container_starts_alerts_reloads_restarts_and_stops_und
     assert_eq!(alert.json()["event"]["peer"]["ip"], "127.0.0.84");
     let signature = alert.header("x-notifier-signature").expect("signed with the credential's secret");
     assert_eq!(signature, format!("sha256={}", super::alerts::hmac_hex(secret, &alert.body)));
+    // The syslog sink on /dev/log: journald parses the program name, facility and severity.
+    let deadline = Instant::now() + WAIT;
+    let record = loop {
+        let json =
+            c.exec(&["journalctl", "--no-pager", "-o", "json", "SYSLOG_FACILITY=10", "SYSLOG_IDENTIFIER=notifier"]);
+        if let Some(r) = json
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["MESSAGE"].as_str().is_some_and(|m| m.contains(user.as_str())))
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no authpriv record in the journal:\n{json}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (&record["SYSLOG_IDENTIFIER"], &record["PRIORITY"]),
+        (&Value::from("notifier"), &Value::from("4")),
+        "{record}"
+    );
+    assert!(record["MESSAGE"].as_str().unwrap().contains("127.0.0.84"), "{record}");
 
     let pid = unit(&c, "MainPID");
     c.exec_ok(&["systemctl", "reload", "notifier"]);
