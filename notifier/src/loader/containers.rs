@@ -38,6 +38,11 @@ pub(super) fn seed_known_namespaces(ebpf: &mut Ebpf) {
     }
 }
 
+/// The most container roots attached in one run. Probes on a stopped container's files stay
+/// until notifier restarts, so a host that starts containers without end would gather probes
+/// without end; past this many roots, new ones are named in a warning and not attached.
+const MAX_ROOTS: usize = 256;
+
 /// What a new root added.
 #[derive(Debug, Default)]
 pub struct Added {
@@ -52,9 +57,14 @@ pub struct Added {
 pub fn attach_root(probes: &mut Probes, pid: u32) -> Option<Added> {
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     let root_id = file_id(&root)?;
-    if Some(root_id) == file_id(Path::new("/proc/self/root")) || !probes.roots_seen.insert(root_id) {
+    if Some(root_id) == file_id(Path::new("/proc/self/root")) || probes.roots_seen.contains(&root_id) {
         return None;
     }
+    if probes.roots_seen.len() >= MAX_ROOTS {
+        warn!(pid, "A container started, but {MAX_ROOTS} container roots are attached already; restart notifier to watch it (probes on stopped containers go at restart).");
+        return None;
+    }
+    probes.roots_seen.insert(root_id);
     let mut added = Added::default();
     let attached: HashSet<(u64, u64)> = probes.attached.iter().filter_map(|(p, _)| file_id(p)).collect();
     let libpam = discover::dedupe(discover::under(&root, discover::STANDARD_PATHS).into_iter().filter(|p| {
