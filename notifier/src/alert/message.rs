@@ -4,7 +4,7 @@
 use minijinja::Environment;
 
 use super::{Alert, AlertKind};
-use crate::verdict::Verdict;
+use crate::{peer::Peer, verdict::Verdict};
 
 /// Title and body of one alert.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,12 +105,7 @@ pub fn neutralize(s: &str) -> String {
 /// ssh-ed25519 SHA256:… — new network 203.0.113.0/24 for alice, from 203.0.113.7"
 pub fn default_message(a: &Alert) -> Message {
     let user = a.user.as_deref().unwrap_or("someone");
-    let from = match (a.ip, a.port) {
-        (Some(std::net::IpAddr::V6(ip)), Some(port)) => format!("[{ip}]:{port}"),
-        (Some(ip), Some(port)) => format!("{ip}:{port}"),
-        (Some(ip), None) => ip.to_string(),
-        (None, _) => "the local console".to_string(),
-    };
+    let from = a.ip.map_or_else(|| "the local console".to_string(), |ip| Peer { ip, port: a.port }.to_string());
     let mut place: Vec<String> = [a.rdns.clone(), a.city.clone(), a.country.clone()].into_iter().flatten().collect();
     if let Some(asn) = a.asn {
         place.push(format!("AS{asn}"));
