@@ -40,6 +40,11 @@ pub enum Command {
     },
     /// Show and edit the learned history and the allowlist (safe while the daemon runs).
     Known(KnownArgs),
+    /// Fleet mode: set up the NATS JetStream stream and bucket, or watch every host's events.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Print the man page or a shell completion script (for packaging).
     #[command(hide = true)]
     Generate {
@@ -122,11 +127,46 @@ impl RunArgs {
     }
 }
 
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Create or update the events stream and the history bucket (idempotent), with the limits and
+    /// replicas of the config's [fleet] table.
+    Init {
+        /// Config file [default: /etc/notifier/notifier.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Stream every host's events live, one line per event with its host.
+    Watch(FleetWatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetWatchArgs {
+    /// Config file [default: /etc/notifier/notifier.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON Lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this host's events.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Only this user's events.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Start this long ago (30s, 15m, 2h, 7d) instead of now.
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct KnownArgs {
     /// Config file (for state_dir and the configured allowlist).
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// The fleet's shared history (on NATS) instead of this host's.
+    #[arg(long, global = true)]
+    pub fleet: bool,
     #[command(subcommand)]
     pub command: KnownCommand,
 }

@@ -2,8 +2,8 @@
 //! or a leaf:
 //!
 //! kernel -> [`loader`] -> [`source`] -> [`capture`] -> [`enrich`] -> [`policy`] -> [`output`] and
-//! [`alert`], driven by the one event loop in [`pipeline`]. The commands: [`watch`], [`run`],
-//! [`known`], [`test_alert`]. The leaves, which import no stage: [`clock`], [`id`], [`verdict`],
+//! [`alert`], and in fleet mode [`fleet`], driven by the one event loop in [`pipeline`]. The
+//! commands: [`watch`], [`run`], [`known`], [`test_alert`], and `fleet` ([`fleet::cli`]). The leaves, which import no stage: [`clock`], [`id`], [`verdict`],
 //! [`network`], [`peer`], [`authinfo`], [`procinfo`], [`config`] (settings only) and [`state`]
 //! (durable files). A unit test (`module_graph.rs`) checks that no two modules import each other,
 //! directly or not, and that the leaves import no stage.
@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod enrich;
 pub mod event;
+pub mod fleet;
 pub mod id;
 pub mod journal;
 pub mod known;

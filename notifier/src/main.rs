@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use notifier::cli::{Cli, Command};
+use notifier::cli::{Cli, Command, FleetCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,7 +22,12 @@ fn main() -> ExitCode {
             Command::Watch(args) => notifier::watch::run(args).await,
             Command::Run(args) => notifier::run::run(args).await,
             Command::CheckConfig { config } => notifier::known::check_config(config),
+            Command::Known(args) if args.fleet => notifier::fleet::cli::known(args).await,
             Command::Known(args) => notifier::known::run(args),
+            Command::Fleet { command: FleetCommand::Init { config } } => {
+                notifier::fleet::cli::init(config.as_deref()).await
+            }
+            Command::Fleet { command: FleetCommand::Watch(args) } => notifier::fleet::cli::watch(args).await,
             Command::Generate { what } => {
                 notifier::cli::generate(what, &mut std::io::stdout().lock()).context("writing to stdout")
             }
@@ -70,7 +75,7 @@ fn exit_status(e: &anyhow::Error) -> u8 {
 /// its own timestamps, so lines are plain, without time or colour. `RUST_LOG` filters, default info.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         let format = tracing_subscriber::fmt::format().without_time().with_ansi(false).with_target(false);

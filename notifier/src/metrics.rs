@@ -64,6 +64,28 @@ pub struct Metrics {
     pub spool_depth: Gauge,
     pub probes_attached: Family<LibpamLabel, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
+    pub fleet: FleetMetrics,
+}
+
+/// Fleet mode's own figures (all zero without `[fleet]`).
+#[derive(Clone, Default)]
+pub struct FleetMetrics {
+    pub connected: Gauge,
+    pub outbox_events: Gauge,
+    pub outbox_dropped: Counter,
+    pub published: Counter,
+    /// Claims by result: won, lost, offline.
+    pub claims: Family<ResultLabel, Counter>,
+    pub mirror_keys: Gauge,
+    pub mirror_revision: Gauge,
+    /// Bucket changes not yet applied to the mirror.
+    pub mirror_lag: Gauge,
+}
+
+impl FleetMetrics {
+    pub fn claim(&self, result: &str) {
+        self.claims.get_or_create(&ResultLabel { result: result.into() }).inc();
+    }
 }
 
 impl Metrics {
@@ -125,6 +147,19 @@ impl Metrics {
         r.register("spool_depth", "Alert files in the spool, all sinks", self.spool_depth.clone());
         r.register("probes_attached", "Uprobes attached, per libpam file", self.probes_attached.clone());
         r.register("config_reloads", "Config reloads (SIGHUP), by result", self.reloads.clone());
+        let f = &self.fleet;
+        r.register("fleet_connected", "1 while connected to a fleet server", f.connected.clone());
+        r.register("fleet_outbox_events", "Events in the fleet outbox, not yet acknowledged", f.outbox_events.clone());
+        r.register("fleet_outbox_dropped", "Events dropped from the full fleet outbox", f.outbox_dropped.clone());
+        r.register("fleet_published", "Events acknowledged by the fleet stream", f.published.clone());
+        r.register("fleet_claims", "Fleet history claims, by result (won, lost, offline)", f.claims.clone());
+        r.register("fleet_mirror_keys", "Keys in the local mirror of the fleet history", f.mirror_keys.clone());
+        r.register(
+            "fleet_mirror_revision",
+            "Fleet history revision the mirror is current to",
+            f.mirror_revision.clone(),
+        );
+        r.register("fleet_mirror_lag", "Fleet history changes not yet in the mirror", f.mirror_lag.clone());
         r
     }
 

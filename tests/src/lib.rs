@@ -23,6 +23,7 @@ mod dns;
 mod guards;
 mod http;
 mod mmdb;
+mod nats;
 mod smtp;
 mod sshd;
 
@@ -32,6 +33,7 @@ pub use dns::*;
 pub use guards::*;
 pub use http::*;
 pub use mmdb::*;
+pub use nats::*;
 pub use smtp::*;
 pub use sshd::*;
 

@@ -19,6 +19,8 @@ mod alerts;
 mod containers;
 #[path = "kernel/daemon.rs"]
 mod daemon;
+#[path = "kernel/fleet.rs"]
+mod fleet;
 #[path = "kernel/hostile.rs"]
 mod hostile;
 #[path = "kernel/local.rs"]

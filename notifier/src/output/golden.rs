@@ -52,6 +52,7 @@ fn outputs() -> Vec<Output> {
         rdns: Some("host 7.example.net".into()),
         ancestry: Vec::new(),
         failures_before: Some(3),
+        fleet: None,
     };
     let mut sudo = sample_login();
     (sudo.service, sudo.peer, sudo.rhost, sudo.tty, sudo.auth) =
@@ -75,6 +76,7 @@ fn outputs() -> Vec<Output> {
         rdns: None,
         ancestry: vec![Ancestor { pid: 4000, comm: "bash".into(), uid: 1000, user: Some("alice".into()) }],
         failures_before: None,
+        fleet: None,
     };
     let closed = Judged { login: unopened.clone(), verdict: None, reason: None, alert: false, ..judged.clone() };
     let brute = BruteForceEvent {

@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     enrich::{geo::GeoDb, rdns::Rdns, Enricher},
     event::LostEvent,
+    fleet::{Fleet, Notice},
     loader::{LoadError, Probes},
     metrics::Metrics,
     policy::Judge,
@@ -28,6 +29,12 @@ const TRUSTED_LOSS_EVERY: Duration = Duration::from_secs(60);
 /// The state file that holds the start failure last alerted on.
 const START_FAILURE: &str = "start-failure";
 
+/// What the sinks' and the fleet's tasks report to the daemon's loop.
+pub enum Report {
+    Sink(SinkHealth),
+    Fleet(Notice),
+}
+
 /// enrich -> policy -> alert, as `run` configures them.
 pub struct Daemon {
     pub config: Config,
@@ -37,8 +44,10 @@ pub struct Daemon {
     pub rdns: Option<Rdns>,
     pub judge: Judge,
     pub dispatcher: Dispatcher,
+    /// Fleet mode (`[fleet]`): the shared stream and history.
+    pub fleet: Option<Fleet>,
     pub metrics: Arc<Metrics>,
-    host: String,
+    pub host: String,
     /// Sinks already reported as failing.
     failing_reported: BTreeSet<String>,
     /// When a loss of root's records was last alerted (at most one a minute), and a loss of
@@ -67,7 +76,9 @@ impl Daemon {
         if dispatcher.is_empty() {
             info!("No [[sink]] configured: alerts are only marked in the output.");
         }
+        let fleet = crate::fleet::start(&config, &host, metrics.clone()).await?;
         Ok(Daemon {
+            fleet,
             enricher: Enricher::new(geo),
             rdns: Rdns::new(&config.rdns),
             judge: Judge::new(&config, store, host.clone()),
@@ -105,7 +116,50 @@ impl Daemon {
     }
 
     fn health(&mut self, text: String) {
-        self.dispatcher.submit(alert::internal_alert(AlertKind::Health, &self.host, text));
+        let alert = alert::internal_alert(AlertKind::Health, &self.host, text);
+        if let Some(f) = &self.fleet {
+            let event =
+                serde_json::json!({"time": alert.time, "event": "health", "host": alert.host, "reason": alert.reason});
+            f.publish(vec![(crate::id::short_id(&self.host, &[alert.id.as_bytes()]), "health", event)]);
+        }
+        self.dispatcher.submit(alert);
+    }
+
+    /// The next report of a sink's or the fleet's task (`None`: none can come any more).
+    pub async fn next_report(&mut self) -> Option<Report> {
+        let fleet = async {
+            match self.fleet.as_mut() {
+                Some(f) => f.notices.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(h) = self.dispatcher.health.recv() => Some(Report::Sink(h)),
+            Some(n) = fleet => Some(Report::Fleet(n)),
+            else => None,
+        }
+    }
+
+    pub fn report(&mut self, report: Report) {
+        match report {
+            Report::Sink(h) => self.sink_health(h),
+            Report::Fleet(n) => self.fleet_notice(n),
+        }
+    }
+
+    /// What the fleet's tasks ask for: a health alert, or the alert of a claim settled late.
+    fn fleet_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Health(text) => self.health(text),
+            Notice::Alert(ticket) => {
+                if let Some(alert) = ticket.intent.alert.clone() {
+                    self.dispatcher.submit(alert);
+                }
+                if let Some(f) = &self.fleet {
+                    f.after_alert(*ticket);
+                }
+            }
+        }
     }
 
     /// A libpam was replaced and the probes re-attached (`text` says how it went).
@@ -174,6 +228,9 @@ impl Daemon {
         if self.config.alerts.health_stopping {
             self.health("notifier is stopping: logins are no longer watched".into());
         }
+        if let Some(f) = self.fleet {
+            f.stop().await;
+        }
         self.dispatcher.shutdown(Duration::from_secs(5)).await;
     }
 
@@ -206,6 +263,7 @@ impl Daemon {
             ("capture.sshd", new.capture.sshd != old.capture.sshd),
             ("capture.sshd_witness", new.capture.sshd_witness != old.capture.sshd_witness),
             ("metrics", new.metrics != old.metrics),
+            ("fleet", new.fleet != old.fleet),
         ];
         for (key, _) in fixed.iter().filter(|(_, changed)| *changed) {
             warn!(key, "This setting changed, but takes effect only after a restart (systemctl restart notifier).");
@@ -216,6 +274,7 @@ impl Daemon {
         new.capture.sshd.clone_from(&old.capture.sshd);
         new.capture.sshd_witness = old.capture.sshd_witness;
         new.metrics = old.metrics;
+        new.fleet.clone_from(&old.fleet);
         if new.sinks != old.sinks || new.alerts != old.alerts {
             // On this single-threaded runtime the new tasks first run after this returns, when
             // the old ones are already aborted; they then load what the old ones left spooled.

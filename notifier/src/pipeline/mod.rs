@@ -57,9 +57,9 @@ impl Pipeline {
         services.is_empty() || e.service.as_ref().is_some_and(|s| services.contains(s))
     }
 
-    /// The chain, for one batch of captured events: filter, enrich, judge, alert, output.
-    /// False when stdout was closed.
-    fn process(&mut self, events: &mut Vec<LoginEvent>) -> anyhow::Result<bool> {
+    /// The chain, for one batch of captured events: filter, enrich, judge, settle with the fleet,
+    /// alert, output. False when stdout was closed.
+    async fn process(&mut self, events: &mut Vec<LoginEvent>) -> anyhow::Result<bool> {
         let mut events = std::mem::take(events);
         events.retain(|e| self.wanted(e));
         let Some(d) = &mut self.daemon else {
@@ -71,14 +71,28 @@ impl Pipeline {
             return Ok(true);
         };
         let enriched = events.into_iter().map(|e| d.enricher.enrich(e)).collect();
-        for judgement in d.judge.judge(enriched, clock::unix_now()) {
+        let mut shared = Vec::new();
+        for mut judgement in d.judge.judge(enriched, clock::unix_now()) {
+            let ticket = match (&d.fleet, &mut judgement) {
+                (Some(f), Judgement::Login(j)) => f.settle(j, &d.judge.policy.alert_on).await,
+                _ => None,
+            };
             if let Some(a) = alert::for_judgement(&judgement) {
                 d.dispatcher.submit(a);
+            }
+            if let Some(f) = &d.fleet {
+                if let Some(t) = ticket {
+                    f.after_alert(t);
+                }
+                shared.push(fleet_event(&d.host, &judgement));
             }
             count(d, &judgement);
             if !self.stdout.emit(Output::Judged(judgement), d.rdns.as_ref())? {
                 return Ok(false);
             }
+        }
+        if let Some(f) = &d.fleet {
+            f.publish(shared);
         }
         Ok(true)
     }
@@ -136,9 +150,9 @@ impl Pipeline {
                     }
                     continue;
                 }
-                Some(h) = async { daemon.as_mut()?.dispatcher.health.recv().await } => {
+                Some(report) = async { daemon.as_mut()?.next_report().await } => {
                     if let Some(d) = daemon.as_mut() {
-                        d.sink_health(h);
+                        d.report(report);
                     }
                     continue;
                 }
@@ -182,13 +196,17 @@ impl Pipeline {
             if stopping {
                 capture.tick(u64::MAX, &mut events);
             }
-            if !self.process(&mut events)? {
+            if !self.process(&mut events).await? {
                 return Ok(());
             }
             if let Some(lost) = losses.check(&source, capture.evicted(), stopping)? {
                 if let Some(d) = &mut self.daemon {
                     d.lost(&lost);
                     d.metrics.lost(&lost);
+                    if let Some(f) = &d.fleet {
+                        let id = crate::id::short_id(&d.host, &[b"lost", lost.time.as_bytes()]);
+                        f.publish(vec![(id, "events_lost", serde_json::to_value(&lost).unwrap_or_default())]);
+                    }
                 }
                 if !self.stdout.emit(Output::Lost(lost), None)? {
                     return Ok(());
@@ -214,6 +232,22 @@ impl Pipeline {
 /// Sleeps until `at` (a branch guard keeps `None` from being polled).
 async fn sleep_until(at: Option<Instant>) {
     tokio::time::sleep_until(at.unwrap_or_else(Instant::now).into()).await;
+}
+
+/// A judged event as the fleet stream carries it: its id, its kind, and its JSON.
+fn fleet_event(host: &str, j: &Judgement) -> (String, &'static str, serde_json::Value) {
+    match j {
+        Judgement::Login(j) => (
+            crate::fleet::claim::event_id(host, j),
+            j.login.event.as_str(),
+            serde_json::to_value(j).unwrap_or_default(),
+        ),
+        Judgement::BruteForce(b) => (
+            crate::id::short_id(host, &[b"brute", b.ip.to_string().as_bytes(), b.time.as_bytes()]),
+            b.event,
+            serde_json::to_value(b).unwrap_or_default(),
+        ),
+    }
 }
 
 /// Counts what is about to be written.

@@ -41,6 +41,21 @@ pub struct Judged {
     /// Authentication failures from the same IP shortly before this login.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failures_before: Option<usize>,
+    /// Fleet mode: what the fleet's shared history made of the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetNote>,
+}
+
+/// What the fleet added to a verdict; in the event as `fleet`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FleetNote {
+    /// `claimed` (first in the fleet), `known` (another host was), `offline` (decided locally).
+    pub state: &'static str,
+    /// For `known`: the host that saw the source first, and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<String>,
 }
 
 impl From<Enriched> for Judged {
@@ -56,6 +71,7 @@ impl From<Enriched> for Judged {
             rdns: None,
             ancestry: e.ancestry,
             failures_before: None,
+            fleet: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-pub use judge::{BruteForceEvent, Judge, Judged, Judgement};
+pub use judge::{BruteForceEvent, FleetNote, Judge, Judged, Judgement};
 
 pub use crate::verdict::Verdict;
 use crate::{

@@ -1,0 +1,329 @@
+//! Fleet mode against a real NATS server (nats-server 2.15.1 with JetStream on loopback): many
+//! daemons, each a host with its own `host`, state directory and private libpam, share one event
+//! stream and one learned history.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// One simulated host: a daemon with its own libpam copy, state and name.
+struct Host {
+    name: String,
+    d: DaemonLab,
+    n: Option<Notifier>,
+    /// Every event this host's daemon printed, in order.
+    printed: Vec<Value>,
+}
+
+impl Host {
+    fn new(name: &str, fleet: &str, extra: &str) -> Host {
+        let d = DaemonLab::new(|lab| {
+            let libpam = private_libpam(lab);
+            format!(
+                "host = \"{name}\"\n{extra}\n[capture]\nlibpam = [\"{}\"]\nsshd_witness = false\n[fleet]\n{fleet}\n",
+                libpam.display()
+            )
+        });
+        Host { name: name.into(), d, n: None, printed: Vec::new() }
+    }
+
+    fn start(&mut self) {
+        self.n = Some(Notifier::run(&self.d.config));
+    }
+
+    fn daemon(&self) -> &Notifier {
+        self.n.as_ref().expect("daemon running")
+    }
+
+    /// `pam-driver` through this host's libpam: one session of `user` from `ip`.
+    fn login(&self, service: &str, user: &str, ip: &str) -> std::process::Child {
+        Command::new(pam_driver())
+            .env("LD_LIBRARY_PATH", &self.d.lab.dir)
+            .args(["--service", service, "--user", user, "--rhost", ip, "--count", "1"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("pam-driver")
+    }
+
+    /// Reads this host's output until its session_open of `user` from `ip`.
+    fn wait_open(&mut self, user: &str, ip: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
+            let n = self.daemon();
+            let line = n.next_line(left).unwrap_or_else(|| {
+                panic!("{}: no session_open of {user} from {ip}; stderr:\n{}", self.name, n.stderr())
+            });
+            let v: Value = serde_json::from_str(&line).expect("JSON line");
+            self.printed.push(v.clone());
+            if v["event"] == "session_open" && v["user"] == user && v["peer"]["ip"] == ip {
+                return v;
+            }
+        }
+    }
+
+    /// Reads what is left of the output until it is quiet.
+    fn drain(&mut self) {
+        if let Some(n) = &self.n {
+            for line in n.lines_until_quiet(Duration::from_millis(700), WAIT) {
+                self.printed.push(serde_json::from_str(&line).expect("JSON line"));
+            }
+        }
+    }
+}
+
+fn fleet_init(config: &std::path::Path) {
+    run(Command::new(notifier_bin()).args(["fleet", "init", "--config"]).arg(config));
+}
+
+fn fleet_watch(config: &std::path::Path) -> Notifier {
+    let mut cmd = Command::new(notifier_bin());
+    cmd.args(["fleet", "watch", "--json", "--config"]).arg(config);
+    Notifier::spawn(cmd)
+}
+
+/// (host, session, event) of every login event in `events`.
+fn keys_of(events: &[Value]) -> Vec<(String, String, String)> {
+    let mut k: Vec<_> = events
+        .iter()
+        .filter(|e| e["session"].is_string())
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap_or("").into(),
+                e["session"].as_str().unwrap_or("").into(),
+                e["event"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    k.sort();
+    k
+}
+
+/// Reads the fleet watch until it has shown every event in `want` (or `WAIT` passes), then a
+/// little longer, so that a duplicate would show.
+fn watch_until(w: &Notifier, want: &[(String, String, String)]) -> Vec<Value> {
+    let mut got: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let have = keys_of(&got);
+        if want.iter().all(|k| have.contains(k)) {
+            break;
+        }
+        if let Some(line) = w.next_line(Duration::from_millis(200)) {
+            got.push(serde_json::from_str(&line).expect("JSON line"));
+        }
+    }
+    for line in w.lines_until_quiet(Duration::from_secs(2), WAIT) {
+        got.push(serde_json::from_str(&line).expect("JSON line"));
+    }
+    got
+}
+
+#[test]
+fn twenty_hosts_one_new_source_one_alert_and_the_watch_shows_every_event_once() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let Some(server) = NatsServer::start("") else { return };
+    let hook = HttpReceiver::start();
+    let service = PamService::permit("ntfleet");
+    let fleet = format!("servers = [\"{}\"]", server.url());
+    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let mut hosts: Vec<Host> = (1..=20).map(|i| Host::new(&format!("web-{i}"), &fleet, &sink)).collect();
+    fleet_init(&hosts[0].d.config);
+    let watch = fleet_watch(&hosts[0].d.config);
+    for h in &mut hosts {
+        h.start();
+    }
+
+    // One user, one new address, all 20 hosts at once.
+    let drivers: Vec<_> = hosts.iter().map(|h| h.login(&service.name, "fleetuser", "10.77.0.1")).collect();
+    for mut d in drivers {
+        assert!(d.wait().expect("pam-driver").success());
+    }
+    let opens: Vec<Value> = hosts.iter_mut().map(|h| h.wait_open("fleetuser", "10.77.0.1")).collect();
+    let alerting: Vec<&Value> = opens.iter().filter(|e| e["alert"] == true).collect();
+    assert_eq!(alerting.len(), 1, "exactly one host alerts: {opens:#?}");
+    let winner = alerting[0]["host"].as_str().expect("host").to_string();
+    assert_eq!(alerting[0]["verdict"], "first_login", "{:#}", alerting[0]);
+    assert_eq!(alerting[0]["fleet"]["state"], "claimed");
+    for e in opens.iter().filter(|e| e["alert"] != true) {
+        assert_eq!(e["verdict"], "known", "{e:#}");
+        assert_eq!(e["fleet"]["first_host"], winner.as_str(), "{e:#}");
+        assert!(e["reason"].as_str().unwrap_or("").contains(&winner), "the reason names the first host: {e:#}");
+    }
+    let delivered = hook.wait(WAIT, |r| !r.is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    let delivered = [delivered, hook.requests()].concat();
+    let logins: Vec<Value> = hook.requests().iter().map(Request::json).filter(|b| b["kind"] == "login").collect();
+    assert_eq!(logins.len(), 1, "one alert fleet-wide: {} requests, {logins:#?}", delivered.len());
+    assert_eq!(
+        (logins[0]["host"].as_str(), logins[0]["event"]["peer"]["ip"].as_str()),
+        (Some(winner.as_str()), Some("10.77.0.1"))
+    );
+
+    // Two hosts at once from another new address: one alert between them.
+    let pair = [3, 4];
+    let drivers: Vec<_> = pair.iter().map(|&i| hosts[i].login(&service.name, "fleetuser", "10.77.1.2")).collect();
+    for mut d in drivers {
+        assert!(d.wait().expect("pam-driver").success());
+    }
+    let opens: Vec<Value> = pair.iter().map(|&i| hosts[i].wait_open("fleetuser", "10.77.1.2")).collect();
+    assert_eq!(opens.iter().filter(|e| e["alert"] == true).count(), 1, "{opens:#?}");
+    let alert = opens.iter().find(|e| e["alert"] == true).expect("one alert");
+    assert_eq!(alert["verdict"], "new_network", "the user and the fleet knew the user, not 10.77.1.0/24: {alert:#}");
+    let loser = opens.iter().find(|e| e["alert"] != true).expect("one known");
+    assert_eq!(
+        (loser["verdict"].as_str(), loser["fleet"]["first_host"].as_str()),
+        (Some("known"), alert["host"].as_str())
+    );
+    hook.wait(WAIT, |r| r.len() >= 2);
+    std::thread::sleep(Duration::from_secs(1));
+    let logins = hook.requests().iter().map(Request::json).filter(|b| b["kind"] == "login").count();
+    assert_eq!(logins, 2, "one more alert, not two");
+
+    // The fleet watch showed every event of every host, exactly once, with its host.
+    for h in &mut hosts {
+        h.drain();
+    }
+    let printed: Vec<Value> = hosts.iter().flat_map(|h| h.printed.clone()).collect();
+    let want = keys_of(&printed);
+    assert!(want.len() >= 22, "{want:?}");
+    let shown = watch_until(&watch, &want);
+    assert_eq!(keys_of(&shown), want, "each event once in the fleet watch");
+    let per_host: BTreeMap<&str, usize> = shown.iter().fold(BTreeMap::new(), |mut m, e| {
+        *m.entry(e["host"].as_str().unwrap_or("")).or_default() += 1;
+        m
+    });
+    assert_eq!(per_host.len(), 20, "{per_host:?}");
+}
+
+/// The login alerts a webhook receiver got, by IP.
+fn alerts_by_ip(hook: &HttpReceiver) -> BTreeMap<String, usize> {
+    hook.requests().iter().map(Request::json).filter(|b| b["kind"] == "login").fold(BTreeMap::new(), |mut m, b| {
+        *m.entry(b["event"]["peer"]["ip"].as_str().unwrap_or("").to_string()).or_default() += 1;
+        m
+    })
+}
+
+#[test]
+fn events_reach_the_stream_once_across_daemon_and_server_restarts_and_offline_verdicts_say_so() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let Some(mut server) = NatsServer::start("") else { return };
+    let hook = HttpReceiver::start();
+    let service = PamService::permit("ntfleetr");
+    let fleet = format!("servers = [\"{}\"]\nunreachable_alert_secs = 3", server.url());
+    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let mut a = Host::new("web-a", &fleet, &sink);
+    let mut b = Host::new("web-b", &fleet, &sink);
+    fleet_init(&a.d.config);
+    let watch = fleet_watch(&a.d.config);
+    a.start();
+    b.start();
+    let login = |h: &mut Host, ip: &str| {
+        assert!(h.login(&service.name, "roamer", ip).wait().expect("pam-driver").success());
+        h.wait_open("roamer", ip)
+    };
+    login(&mut a, "10.78.0.1");
+    login(&mut b, "10.78.0.2");
+    // A daemon restart: its stopping notice goes out too.
+    a.drain();
+    assert!(a.n.take().expect("daemon").terminate().success());
+    a.start();
+    login(&mut a, "10.78.0.3");
+
+    // The server is down: verdicts are local and say so; both hosts alert on the same new address.
+    server.kill9();
+    let offline: Vec<Value> =
+        [(&mut a, "10.78.0.4"), (&mut b, "10.78.0.5")].into_iter().map(|(h, ip)| login(h, ip)).collect();
+    let both: Vec<Value> = [&mut a, &mut b].into_iter().map(|h| login(h, "10.78.0.9")).collect();
+    for e in offline.iter().chain(&both) {
+        assert_eq!(e["fleet"]["state"], "offline", "{e:#}");
+        assert_eq!(e["alert"], true, "{e:#}");
+        assert!(e["reason"].as_str().unwrap_or("").contains("fleet unreachable: other hosts may alert too"), "{e:#}");
+    }
+    assert!(a.daemon().wait_stderr("Disconnected from the fleet servers", WAIT), "{}", a.daemon().stderr());
+    let health = hook.wait(WAIT, |r| {
+        r.iter()
+            .any(|q| q.json()["kind"] == "health" && q.json()["reason"].as_str().unwrap_or("").contains("unreachable"))
+    });
+    assert!(!health.is_empty(), "a health alert says the fleet is unreachable");
+    server.restart();
+    assert!(a.daemon().wait_stderr("reachable again", Duration::from_secs(30)), "{}", a.daemon().stderr());
+    login(&mut b, "10.78.0.6");
+
+    // The claims made offline settled: one first host each, and nothing alerted twice.
+    let list =
+        || run(Command::new(notifier_bin()).args(["known", "list", "--fleet", "--json", "--config"]).arg(&b.d.config));
+    let deadline = Instant::now() + WAIT;
+    let mut ips: Vec<String> = Vec::new();
+    while Instant::now() < deadline {
+        let entries: Vec<Value> = serde_json::from_str(&list()).expect("known list --fleet --json");
+        ips = entries.iter().filter_map(|e| e["entry"].as_str()?.strip_prefix("ip ").map(String::from)).collect();
+        if ips.len() == 7 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(ips.len(), 7, "every address claimed once: {ips:?}");
+    let alerts = alerts_by_ip(&hook);
+    assert_eq!(alerts.get("10.78.0.9"), Some(&2), "offline, both hosts alerted: {alerts:?}");
+    assert!(alerts.iter().filter(|(ip, _)| *ip != "10.78.0.9").all(|(_, n)| *n == 1), "{alerts:?}");
+
+    // The watch, through the server's restart, showed each event once, with its host.
+    a.drain();
+    b.drain();
+    let printed: Vec<Value> = a.printed.iter().chain(&b.printed).cloned().collect();
+    let want = keys_of(&printed);
+    let shown = watch_until(&watch, &want);
+    assert_eq!(keys_of(&shown), want, "each event once in the fleet watch");
+    assert!(
+        shown.iter().any(|e| e["event"] == "health"
+            && e["host"] == "web-a"
+            && e["reason"].as_str().unwrap_or("").contains("stopping")),
+        "the health events are in the stream too"
+    );
+}
+
+#[test]
+fn a_crash_between_claim_and_alert_sends_the_alert_once_after_the_restart() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let Some(server) = NatsServer::start("") else { return };
+    let hook = HttpReceiver::start();
+    let service = PamService::permit("ntfleetc");
+    let fleet = format!("servers = [\"{}\"]", server.url());
+    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let mut a = Host::new("web-a", &fleet, &sink);
+    let mut b = Host::new("web-b", &fleet, &sink);
+    fleet_init(&a.d.config);
+    let mut cmd = Command::new(notifier_bin());
+    cmd.args(["run", "--json", "--config"]).arg(&a.d.config).env("NOTIFIER_FAILPOINT", "fleet-claimed");
+    let mut crashing = Notifier::spawn(cmd);
+    assert!(a.login(&service.name, "crashy", "10.79.0.1").wait().expect("pam-driver").success());
+    let deadline = Instant::now() + WAIT;
+    while crashing.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!crashing.alive(), "the failpoint killed the daemon after its claim");
+    assert!(crashing.stderr().contains("Failpoint reached"), "{}", crashing.stderr());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(alerts_by_ip(&hook).is_empty(), "no alert before the restart");
+
+    a.start();
+    hook.wait(WAIT, |r| !r.is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(alerts_by_ip(&hook).get("10.79.0.1"), Some(&1), "the won claim's alert, once");
+    // Another restart sends nothing more; another host knows the address from web-a.
+    assert!(a.n.take().expect("daemon").terminate().success());
+    a.start();
+    b.start();
+    assert!(b.login(&service.name, "crashy", "10.79.0.1").wait().expect("pam-driver").success());
+    let e = b.wait_open("crashy", "10.79.0.1");
+    assert_eq!((e["verdict"].as_str(), e["fleet"]["first_host"].as_str()), (Some("known"), Some("web-a")), "{e:#}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(alerts_by_ip(&hook), BTreeMap::from([("10.79.0.1".to_string(), 1)]));
+}
