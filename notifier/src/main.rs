@@ -72,10 +72,11 @@ fn exit_status(e: &anyhow::Error) -> u8 {
 }
 
 /// Logs go to stderr (stdout carries only events). Under systemd (JOURNAL_STREAM set) journald adds
-/// its own timestamps, so lines are plain, without time or colour. `RUST_LOG` filters, default info.
+/// its own timestamps, so lines are plain, without time or colour. `RUST_LOG` filters, default info
+/// (the NATS client's own logs off: the fleet module reports what matters once, in its words).
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=off"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         let format = tracing_subscriber::fmt::format().without_time().with_ansi(false).with_target(false);

@@ -60,6 +60,55 @@ async fn bounded<T, E>(limit: Duration, f: impl std::future::Future<Output = Res
     tokio::time::timeout(limit, f).await.ok()
 }
 
+/// The longest one request to the server may take before it is tried again.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+/// Creates `key`: `Some(true)` if this host won it, `Some(false)` if it exists, `None` if no
+/// server answered within `limit`. A client that lost its server moments ago (a cluster node
+/// went away) and a stream between leaders are waited for, within the same bound; an outage
+/// that is older than the bound is not, so logins during a long outage never wait.
+async fn create(s: &Shared, kv: &kv::Store, key: &str, value: &bytes::Bytes, limit: Duration) -> Option<bool> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + limit;
+    if s.down_for().is_some_and(|d| d >= limit) {
+        return None;
+    }
+    loop {
+        if s.connected() {
+            // Each attempt is short: a request sent just before its server died gets no answer.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now()).min(ATTEMPT);
+            match bounded(left, kv.create(key, value.clone())).await {
+                Some(Ok(_)) => return Some(true),
+                Some(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => return Some(false),
+                _ => {}
+            }
+        }
+        if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Who won `key`: from the server (retried within `limit`: a cluster may be between leaders), or
+/// else from the mirror, which the watch fills in.
+async fn winner(s: &Shared, kv: &kv::Store, key: &str, limit: Duration) -> Option<Claim> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(Ok(Some(bytes))) = bounded(left, kv.get(key)).await {
+            return serde_json::from_slice(&bytes).ok();
+        }
+        if let Some(c) = s.mirror.lock().ok().and_then(|m| m.keys.get(key).cloned()) {
+            return Some(c);
+        }
+        if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Adds this host to a key's hosts (a compare-and-set; a lost race is left for the next login).
 async fn add_host(kv: kv::Store, key: String, host: String) {
     let Ok(Some(entry)) = kv.entry(key.clone()).await else { return };
@@ -115,15 +164,14 @@ pub(super) async fn settle(s: &Shared, j: &mut Judged, alert_on: &[Verdict]) -> 
     }
     let value: bytes::Bytes = serde_json::to_vec(&intent.claim).unwrap_or_default().into();
     let limit = s.settings.claim_timeout();
-    let kv = s.kv().filter(|_| s.connected());
-    let outcome = match &kv {
-        Some(kv) => bounded(limit, kv.create(&ip_key, value.clone())).await,
+    let kv = s.kv();
+    let won = match &kv {
+        Some(kv) => create(s, kv, &ip_key, &value, limit).await,
         None => None,
     };
-    let won = match outcome {
-        Some(Ok(_)) => true,
-        Some(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => false,
-        _ => {
+    let won = match won {
+        Some(won) => won,
+        None => {
             // 3. No server: the mirror decides.
             s.metrics.fleet.claim("offline");
             let fresh: Vec<Fact> =
@@ -138,14 +186,16 @@ pub(super) async fn settle(s: &Shared, j: &mut Judged, alert_on: &[Verdict]) -> 
         }
     };
     let kv = kv?;
-    if !won {
+    let lost_to = match won {
+        true => None,
+        false => {
+            Some(winner(s, &kv, &ip_key, limit).await.unwrap_or_else(|| Claim::new("another host", "moments ago", "")))
+        }
+    };
+    // A create retried after its answer was lost finds this host's own value: that is a win.
+    if let Some(c) = lost_to.filter(|c| c.first_event_id != id) {
         s.metrics.fleet.claim("lost");
         done(s, seq);
-        let c = match bounded(limit, kv.get(&ip_key)).await {
-            Some(Ok(Some(bytes))) => serde_json::from_slice::<Claim>(&bytes).ok(),
-            _ => None,
-        };
-        let c = c.unwrap_or_else(|| Claim::new("another host", "moments ago", ""));
         if c.believed(trust, host) {
             known(j, &user, &ip.to_string(), &c);
         } else {
@@ -163,7 +213,7 @@ pub(super) async fn settle(s: &Shared, j: &mut Judged, alert_on: &[Verdict]) -> 
     failpoint("fleet-claimed");
     let mut won = vec![Fact::Ip(ip)];
     for (f, m) in facts.iter().zip(&mirrored).take(facts.len() - 1) {
-        if m.is_none() && matches!(bounded(limit, kv.create(keys::key(&user, f), value.clone())).await, Some(Ok(_))) {
+        if m.is_none() && create(s, &kv, &keys::key(&user, f), &value, ATTEMPT).await == Some(true) {
             won.push(f.clone());
         }
     }

@@ -144,60 +144,111 @@ fn text_line(v: &serde_json::Value) -> String {
     line
 }
 
-/// Streams the fleet's events, live (or from `--since` ago), one line each, each event once.
+/// How long `fleet watch` waits for an event before it checks that its consumer is alive.
+const IDLE_CHECK: Duration = Duration::from_secs(3);
+
+/// Streams the fleet's events, live (or from `--since` ago), one line each, each event once. If
+/// the consumer is lost (its server went away, the stream changed leader), a new one resumes
+/// after the last event shown.
 pub async fn watch(args: FleetWatchArgs) -> anyhow::Result<()> {
     let (_, s) = settings(args.config.as_deref())?;
     let js = connect(&s, "notifier fleet watch").await?;
-    let stream = js
-        .get_stream(s.stream.clone())
-        .await
-        .with_context(|| format!("opening stream {} (create it with `notifier fleet init`)", s.stream))?;
     let host = args.host.as_deref().map_or_else(|| "*".to_string(), super::host_token);
-    let deliver_policy = match &args.since {
+    let mut policy = match &args.since {
         Some(d) => {
             let ago = parse_duration(d)?;
             consumer::DeliverPolicy::ByStartTime { start_time: time::OffsetDateTime::now_utc() - ago }
         }
         None => consumer::DeliverPolicy::New,
     };
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.events.{host}.>", s.subject_prefix),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .context("creating the stream's consumer")?;
-    let mut messages = consumer.messages().await.context("reading the stream")?;
     let mut seen = Seen { set: HashSet::new(), order: VecDeque::new() };
     let mut out = std::io::stdout().lock();
-    tracing::info!(stream = %s.stream, "Streaming login events.");
-    while let Some(m) = messages.next().await {
-        let m = match m {
+    let mut first = true;
+    loop {
+        let messages = async {
+            let mut stream = js.get_stream(s.stream.clone()).await?;
+            if matches!(policy, consumer::DeliverPolicy::New) {
+                // From the next sequence, so that a restart of the consumer knows where it was.
+                let next = stream.info().await?.state.last_sequence + 1;
+                policy = consumer::DeliverPolicy::ByStartSequence { start_sequence: next };
+            }
+            let config = consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.events.{host}.>", s.subject_prefix),
+                deliver_policy: policy,
+                ..Default::default()
+            };
+            anyhow::Ok(stream.create_consumer(config).await?.messages().await?)
+        };
+        let mut messages = match messages.await {
             Ok(m) => m,
+            Err(e) if first => {
+                return Err(e.context(format!("reading stream {} (create it with `notifier fleet init`)", s.stream)))
+            }
             Err(e) => {
-                tracing::warn!("Reading the fleet stream: {e}; resuming.");
+                tracing::warn!("Reading the fleet stream: {e:#}; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else { continue };
-        let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|x| x.as_str().to_string());
-        if !seen.first_time(&id.unwrap_or_else(|| v["id"].as_str().unwrap_or_default().to_string())) {
-            continue;
+        if first {
+            tracing::info!(stream = %s.stream, "Streaming login events.");
+            first = false;
         }
-        if args.user.as_deref().is_some_and(|u| v.get("user").and_then(|x| x.as_str()) != Some(u)) {
-            continue;
+        let mut errors = 0;
+        loop {
+            // A consumer whose server went away can fall silent without an error: when nothing
+            // came for a while, and the stream holds what this watch has not shown, start anew.
+            let m = match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => {
+                    let behind = match (&policy, js.get_stream(s.stream.clone()).await) {
+                        (consumer::DeliverPolicy::ByStartSequence { start_sequence }, Ok(mut st)) => {
+                            st.info().await.is_ok_and(|i| i.state.last_sequence >= *start_sequence)
+                        }
+                        _ => false,
+                    };
+                    if behind {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("Reading the fleet stream: {e}");
+                    errors += 1;
+                    if errors >= 3 {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            errors = 0;
+            if let Ok(info) = m.info() {
+                policy = consumer::DeliverPolicy::ByStartSequence { start_sequence: info.stream_sequence + 1 };
+            }
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else { continue };
+            let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|x| x.as_str().to_string());
+            if !seen.first_time(&id.unwrap_or_else(|| v["id"].as_str().unwrap_or_default().to_string())) {
+                continue;
+            }
+            if args.user.as_deref().is_some_and(|u| v.get("user").and_then(|x| x.as_str()) != Some(u)) {
+                continue;
+            }
+            let written = if args.json {
+                serde_json::to_writer(&mut out, &v).map_err(std::io::Error::from).and_then(|()| writeln!(out))
+            } else {
+                writeln!(out, "{}", text_line(&v))
+            };
+            if written.and_then(|()| out.flush()).is_err() {
+                return Ok(()); // stdout closed.
+            }
         }
-        let written = if args.json {
-            serde_json::to_writer(&mut out, &v).map_err(std::io::Error::from).and_then(|()| writeln!(out))
-        } else {
-            writeln!(out, "{}", text_line(&v))
-        };
-        if written.and_then(|()| out.flush()).is_err() {
-            return Ok(()); // stdout closed.
-        }
+        tracing::info!("The fleet stream's consumer was lost; resuming after the last event shown.");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(())
 }
 
 fn fact_text(f: &Fact) -> String {

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     /// Claim intents the daemon's loop is settling right now; the replay leaves them alone.
     pub inflight: Mutex<BTreeSet<u64>>,
     pub wake: Notify,
+    /// Since when no server is connected (the client's events keep it).
+    pub down_since: Arc<Mutex<Option<std::time::Instant>>>,
     pub notices: mpsc::UnboundedSender<Notice>,
     pub metrics: Arc<Metrics>,
 }
@@ -72,6 +74,14 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn connected(&self) -> bool {
         self.js.client().connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// How long the client has been without a server (`None` while connected).
+    pub fn down_for(&self) -> Option<Duration> {
+        if self.connected() {
+            return None;
+        }
+        self.down_since.lock().ok()?.map(|t| t.elapsed())
     }
 
     pub fn kv(&self) -> Option<kv::Store> {
@@ -143,13 +153,14 @@ impl Fleet {
             .with_context(|| format!("opening the fleet outbox in {}", dir.display()))?;
         let mirror = Mirror::load(&dir);
         let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = refused.clone();
+        let down_since = Arc::new(Mutex::new(Some(std::time::Instant::now())));
+        let down = down_since.clone();
         let opts = connect_options(settings, &format!("notifier {host}"))
             .await?
             .retry_on_initial_connect()
             .event_callback(move |event| {
-                let flag = flag.clone();
-                async move { tasks::client_event(&event, &flag) }
+                let (refused, down) = (refused.clone(), down.clone());
+                async move { tasks::client_event(&event, &refused, &down) }
             });
         let client = opts.connect(settings.servers.clone()).await.context("starting the fleet client")?;
         let mut js = jetstream::new(client);
@@ -167,11 +178,11 @@ impl Fleet {
             outbox: Mutex::new(outbox),
             inflight: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
+            down_since,
             notices: tx,
             metrics,
         });
-        let tasks =
-            vec![tokio::spawn(tasks::monitor(shared.clone(), refused)), tokio::spawn(tasks::publisher(shared.clone()))];
+        let tasks = vec![tokio::spawn(tasks::monitor(shared.clone())), tokio::spawn(tasks::publisher(shared.clone()))];
         // A start with the servers up is ready when it says so; with them down, it waits no longer
         // than one claim would.
         let deadline = tokio::time::Instant::now() + settings.claim_timeout();

@@ -5,7 +5,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -17,10 +17,16 @@ use tracing::{error, info, warn};
 use super::{claim::Ticket, keys::Claim, Notice, Shared};
 
 /// What the client reports: refused credentials are said once, clearly.
-pub(super) fn client_event(event: &async_nats::Event, refused: &AtomicBool) {
-    use async_nats::{Event, ServerError};
+pub(super) fn client_event(event: &async_nats::Event, refused: &AtomicBool, down_since: &Mutex<Option<Instant>>) {
+    use async_nats::{ClientError, Event, ServerError};
+    let refused_now = match event {
+        Event::ServerError(ServerError::AuthorizationViolation) => true,
+        // A connection attempt the server refused: the client retries, and says so each time.
+        Event::ClientError(ClientError::Other(e)) => e.contains("authorization") || e.contains("authentication"),
+        _ => false,
+    };
     match event {
-        Event::ServerError(ServerError::AuthorizationViolation) => {
+        _ if refused_now => {
             if !refused.swap(true, Ordering::Relaxed) {
                 error!(
                     "The fleet server refused this host's credentials (authorization violation): check \
@@ -29,11 +35,27 @@ pub(super) fn client_event(event: &async_nats::Event, refused: &AtomicBool) {
                 );
             }
         }
-        Event::ServerError(e) => warn!("The fleet server reports: {e}"),
+        Event::ServerError(e) => {
+            // Each distinct error once: a refused publish is retried every second.
+            static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+            let text = e.to_string();
+            if let Ok(mut said) = SAID.lock() {
+                if !said.contains(&text) && said.len() < 64 {
+                    said.push(text);
+                    warn!("The fleet server reports: {e}");
+                }
+            }
+        }
         Event::Disconnected => {
+            if let Ok(mut d) = down_since.lock() {
+                d.get_or_insert_with(Instant::now);
+            }
             warn!("Disconnected from the fleet servers; verdicts come from the local mirror until they are back.")
         }
         Event::Connected => {
+            if let Ok(mut d) = down_since.lock() {
+                *d = None;
+            }
             refused.store(false, Ordering::Relaxed);
             info!("Connected to a fleet server.");
         }
@@ -42,17 +64,17 @@ pub(super) fn client_event(event: &async_nats::Event, refused: &AtomicBool) {
 }
 
 /// Every 250 ms: the connection state, the unreachable health alert, the bucket and its watch.
-pub(super) async fn monitor(s: Arc<Shared>, _refused: Arc<AtomicBool>) {
+pub(super) async fn monitor(s: Arc<Shared>) {
     let limit = Duration::from_secs(s.settings.unreachable_alert_secs);
-    let mut down_since = Some(Instant::now());
     let mut alerted = false;
     let mut bucket_error = false;
     let mut watch: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let connected = s.connected();
         s.metrics.fleet.connected.set(i64::from(connected));
+
         if connected {
-            if down_since.take().is_some() && alerted {
+            if alerted {
                 info!("The fleet servers are reachable again; replaying claims, then events.");
             }
             alerted = false;
@@ -80,15 +102,15 @@ pub(super) async fn monitor(s: Arc<Shared>, _refused: Arc<AtomicBool>) {
                 watch = Some(tokio::spawn(mirror(s.clone(), kv)));
             }
         } else {
-            let since = *down_since.get_or_insert_with(Instant::now);
-            if !alerted && !limit.is_zero() && since.elapsed() >= limit {
+            let down = s.down_for().unwrap_or_default();
+            if !alerted && !limit.is_zero() && down >= limit {
                 alerted = true;
                 let pending = s.outbox.lock().map(|o| o.events).unwrap_or(0);
                 let _ = s.notices.send(Notice::Health(format!(
                     "the fleet servers ({}) have been unreachable for {} s: verdicts come from the local mirror, \
                      alerts say that other hosts may alert too, and {pending} events and the claims wait in the outbox",
                     s.settings.servers.join(", "),
-                    since.elapsed().as_secs()
+                    down.as_secs()
                 )));
             }
         }

@@ -42,7 +42,8 @@ struct Args {
     #[arg(long, value_name = "SEED")]
     hostile: Option<u64>,
     /// Write one line per opened session to FILE: its number (as in `{i}`) and the
-    /// CLOCK_REALTIME nanoseconds when pam_open_session returned.
+    /// CLOCK_REALTIME nanoseconds when pam_open_session returned, and how many nanoseconds the
+    /// call took.
     #[arg(long, value_name = "FILE")]
     stamps: Option<std::path::PathBuf>,
     /// Instead of sessions: one pam_start, then N calls of pam_set_item(PAM_RHOST), timed, and
@@ -68,6 +69,11 @@ struct Args {
 enum Flood {
     SetItem,
     Start,
+}
+
+thread_local! {
+    /// How long this thread's last pam_open_session took, in nanoseconds.
+    static OPEN_NS: std::cell::Cell<u128> = const { std::cell::Cell::new(0) };
 }
 
 fn realtime_ns() -> u128 {
@@ -199,8 +205,10 @@ impl Pam {
             if authenticate && (self.authenticate)(h, 0) != 0 {
                 failed = failed.or(Some("pam_authenticate"));
             }
+            let before = realtime_ns();
             let opened = failed.is_none() && (self.open)(h, 0) == 0;
             *opened_at = realtime_ns();
+            OPEN_NS.set(*opened_at - before);
             if failed.is_none() && !opened {
                 failed = Some("pam_open_session");
             }
@@ -338,7 +346,7 @@ fn main() {
                         let (opened, failed) = pam.session(strings, args.authenticate, args.child_as, &mut at);
                         tally.opened += u64::from(opened);
                         if opened && stamping {
-                            tally.stamps.push((t_index(t_id, i, threads), at));
+                            tally.stamps.push((t_index(t_id, i, threads), at, OPEN_NS.get()));
                         }
                         if let Some(step) = failed {
                             *tally.failed.entry(step).or_default() += 1;
@@ -361,7 +369,7 @@ fn main() {
     });
     let elapsed = begin.elapsed();
     if let Some(path) = &args.stamps {
-        let text: String = tally.stamps.iter().map(|(i, ns)| format!("{i} {ns}\n")).collect();
+        let text: String = tally.stamps.iter().map(|(i, ns, took)| format!("{i} {ns} {took}\n")).collect();
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("pam-driver: writing {}: {e}", path.display());
             std::process::exit(2);
@@ -408,7 +416,7 @@ fn set_item_loop(pam: &Pam, a: &Strings, calls: u64) {
 #[derive(Default)]
 struct Tally {
     opened: u64,
-    stamps: Vec<(u64, u128)>,
+    stamps: Vec<(u64, u128, u128)>,
     failed: std::collections::BTreeMap<&'static str, u64>,
 }
 

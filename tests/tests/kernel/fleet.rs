@@ -47,7 +47,8 @@ impl Host {
 
     /// Reads this host's output until its session_open of `user` from `ip`.
     fn wait_open(&mut self, user: &str, ip: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
+        // Longer than a claim may wait on a cluster between leaders.
+        let deadline = Instant::now() + WAIT * 2;
         loop {
             let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
             let n = self.daemon();
@@ -326,4 +327,161 @@ fn a_crash_between_claim_and_alert_sends_the_alert_once_after_the_restart() {
     assert_eq!((e["verdict"].as_str(), e["fleet"]["first_host"].as_str()), (Some("known"), Some("web-a")), "{e:#}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(alerts_by_ip(&hook), BTreeMap::from([("10.79.0.1".to_string(), 1)]));
+}
+
+/// The NATS permissions a host needs (as README "Fleet" documents them): publish its own event
+/// subjects and the history bucket's API, receive replies in its inbox.
+fn host_permissions(host: &str) -> String {
+    let allow = [
+        format!("notifier.events.{host}.>"),
+        "$JS.API.INFO".into(),
+        "$JS.API.STREAM.INFO.KV_notifier_history".into(),
+        "$JS.API.CONSUMER.CREATE.KV_notifier_history".into(),
+        "$JS.API.CONSUMER.CREATE.KV_notifier_history.>".into(),
+        "$JS.API.CONSUMER.DELETE.KV_notifier_history.>".into(),
+        "$JS.API.DIRECT.GET.KV_notifier_history.>".into(),
+        "$JS.API.STREAM.MSG.GET.KV_notifier_history".into(),
+        "$JS.FC.KV_notifier_history.>".into(),
+        "$KV.notifier_history.>".into(),
+    ];
+    let quoted: Vec<String> = allow.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}", quoted.join(", "))
+}
+
+#[test]
+fn wrong_credentials_give_one_clear_error_and_a_host_cannot_publish_as_another() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let accounts = format!(
+        "accounts {{ FLEET {{ jetstream: enabled, users: [\n\
+         {{ user: admin, password: adminpw }}\n\
+         {{ user: web-1, password: pw1, {} }}\n\
+         {{ user: web-2, password: pw2, {} }}\n] }} }}",
+        host_permissions("web-1"),
+        host_permissions("web-2")
+    );
+    let Some(server) = NatsServer::start(&accounts) else { return };
+    let service = PamService::permit("ntfleetp");
+    let creds =
+        |user: &str, pw: &str| format!("servers = [\"{}\"]\nuser = \"{user}\"\npassword = \"{pw}\"", server.url());
+    let admin = Host::new("admin", &creds("admin", "adminpw"), "");
+    fleet_init(&admin.d.config);
+    let watch = fleet_watch(&admin.d.config);
+    let mut web1 = Host::new("web-1", &creds("web-1", "pw1"), "");
+    // web-2's own credentials, but it calls itself web-3: the server refuses its events.
+    let mut posing = Host::new("web-3", &creds("web-2", "pw2"), "");
+    let mut wrong = Host::new("web-4", &creds("web-1", "not-the-password"), "");
+    for h in [&mut web1, &mut posing, &mut wrong] {
+        h.start();
+    }
+    let login = |h: &mut Host, ip: &str| {
+        assert!(h.login(&service.name, "perm", ip).wait().expect("pam-driver").success());
+        h.wait_open("perm", ip)
+    };
+    let first = login(&mut web1, "10.80.0.1");
+    assert_eq!(first["fleet"]["state"], "claimed", "web-1's permissions cover the bucket: {first:#}");
+    // The posing host may use the bucket (its verdicts are fleet verdicts)...
+    let known = login(&mut posing, "10.80.0.1");
+    assert_eq!((known["verdict"].as_str(), known["fleet"]["first_host"].as_str()), (Some("known"), Some("web-1")));
+    // ...but not publish events as web-3.
+    assert!(
+        posing.daemon().wait_stderr("Permissions Violation", WAIT),
+        "the refused publish is reported: {}",
+        posing.daemon().stderr()
+    );
+    // Wrong credentials: one clear error, and verdicts go on locally.
+    let local = login(&mut wrong, "10.80.0.4");
+    assert_eq!(
+        (local["fleet"]["state"].as_str(), local["alert"].as_bool()),
+        (Some("offline"), Some(true)),
+        "{local:#}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let stderr = wrong.daemon().stderr();
+    assert_eq!(stderr.matches("refused this host's credentials").count(), 1, "{stderr}");
+    assert!(stderr.contains("fleet.credentials, fleet.user/password or fleet.token"), "{stderr}");
+
+    web1.drain();
+    let want = keys_of(&web1.printed);
+    let shown = watch_until(&watch, &want);
+    assert_eq!(keys_of(&shown), want, "web-1's events, and nothing from web-3 or web-4: {shown:#?}");
+}
+
+/// `notifier fleet init`, retried while a new cluster elects its JetStream leader.
+fn fleet_init_when_ready(config: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let out =
+            Command::new(notifier_bin()).args(["fleet", "init", "--config"]).arg(config).output().expect("fleet init");
+        if out.status.success() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "fleet init: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_cluster_node_killed_under_load_loses_no_event_and_sends_no_second_alert() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let Some(mut nodes) = nats_cluster(3) else { return };
+    let hook = HttpReceiver::start();
+    let service = PamService::permit("ntfleetk");
+    let urls: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
+    // Replicas 3; a claim may wait out a stream leader election (README "Fleet").
+    let fleet = format!("servers = [{}]\nreplicas = 3\nclaim_timeout_ms = 20000", urls.join(", "));
+    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let mut hosts: Vec<Host> = (1..=3).map(|i| Host::new(&format!("node-host-{i}"), &fleet, &sink)).collect();
+    fleet_init_when_ready(&hosts[0].d.config);
+    let watch = fleet_watch(&hosts[0].d.config);
+    for h in &mut hosts {
+        h.start();
+    }
+    // Each round, all three hosts see one new address at once; node 1 dies after round 4.
+    for round in 1..=10u32 {
+        let ip = format!("10.81.0.{round}");
+        let drivers: Vec<_> = hosts.iter().map(|h| h.login(&service.name, "clustered", &ip)).collect();
+        for mut d in drivers {
+            assert!(d.wait().expect("pam-driver").success());
+        }
+        if round == 4 {
+            nodes[0].kill9();
+        }
+        let opens: Vec<Value> = hosts.iter_mut().map(|h| h.wait_open("clustered", &ip)).collect();
+        let verdicts: Vec<String> =
+            opens.iter().map(|e| format!("{} {} {}", e["host"], e["verdict"], e["reason"])).collect();
+        assert_eq!(
+            opens.iter().filter(|e| e["alert"] == true).count(),
+            1,
+            "round {round}: {verdicts:#?}\n{}",
+            hosts.iter().map(|h| h.daemon().stderr()).collect::<Vec<_>>().join("\n")
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let alerts = alerts_by_ip(&hook);
+    assert_eq!(alerts.len(), 10, "{alerts:?}");
+    assert!(alerts.values().all(|n| *n == 1), "no second alert: {alerts:?}");
+    for h in &mut hosts {
+        h.drain();
+    }
+    let printed: Vec<Value> = hosts.iter().flat_map(|h| h.printed.clone()).collect();
+    let want = keys_of(&printed);
+    let shown = watch_until(&watch, &want);
+    if keys_of(&shown) != want {
+        let mut again = Command::new(notifier_bin());
+        again.args(["fleet", "watch", "--json", "--since", "10m", "--config"]).arg(&hosts[1].d.config);
+        let fresh = watch_until(&Notifier::spawn(again), &want);
+        panic!(
+            "the watch showed {} events of {}; a new watch shows {}; its stderr:\n{}\na host's stderr:\n{}",
+            shown.len(),
+            want.len(),
+            keys_of(&fresh).len(),
+            watch.stderr().lines().rev().take(60).collect::<Vec<_>>().join("\n"),
+            hosts[0].daemon().stderr()
+        );
+    }
+    drop(nodes);
 }

@@ -20,6 +20,7 @@ use clap::Parser;
 use notifier_tests::*;
 
 mod capture;
+mod fleet;
 mod footprint;
 mod hostile;
 mod logins;
@@ -28,6 +29,7 @@ mod stats;
 mod tracers;
 
 use capture::*;
+use fleet::*;
 use footprint::*;
 use hostile::*;
 use logins::*;
@@ -46,7 +48,7 @@ struct Args {
     /// Results of the fuzz targets that `cargo xtask bench` ran: `name runs seconds outcome`.
     #[arg(long)]
     fuzz: Option<PathBuf>,
-    /// Only these cases (probe, witness, login, latency, throughput, footprint, hostile, alert); the table
+    /// Only these cases (probe, witness, login, latency, throughput, footprint, hostile, alert, fleet); the table
     /// is printed and BENCHMARKS.md is left alone.
     #[arg(long, value_name = "CASE")]
     only: Vec<String>,
@@ -91,6 +93,7 @@ fn main() {
     });
     case("hostile", &mut |r| hostile_load(r, if q { 6 } else { 10 }, if q { 100 } else { 300 }));
     case("alert", &mut |r| alert_latency(r, if q { 50 } else { 200 }));
+    case("fleet", &mut |r| fleet(r, if q { 100 } else { 400 }));
     if !args.only.is_empty() {
         println!("bench: --only given; {} left alone", args.out.display());
         return;

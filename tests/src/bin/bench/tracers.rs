@@ -37,8 +37,8 @@ pub(crate) fn read_stamps(path: &Path) -> HashMap<u64, u128> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let (i, ns) = l.split_once(' ')?;
-            Some((i.parse().ok()?, ns.parse().ok()?))
+            let mut f = l.split_whitespace();
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
         })
         .collect()
 }
