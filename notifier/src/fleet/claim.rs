@@ -61,7 +61,7 @@ async fn bounded<T, E>(limit: Duration, f: impl std::future::Future<Output = Res
 }
 
 /// The longest one request to the server may take before it is tried again.
-const ATTEMPT: Duration = Duration::from_secs(2);
+pub(super) const ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Creates `key`: `Some(true)` if this host won it, `Some(false)` if it exists, `None` if no
 /// server answered within `limit`. A client that lost its server moments ago (a cluster node

@@ -164,7 +164,9 @@ impl Fleet {
             });
         let client = opts.connect(settings.servers.clone()).await.context("starting the fleet client")?;
         let mut js = jetstream::new(client);
-        js.set_timeout(settings.claim_timeout());
+        // One request or ack waits at most this; a claim retries within claim_timeout_ms, and the
+        // publisher sends the batch again (the server drops the duplicates).
+        js.set_timeout(claim::ATTEMPT.min(settings.claim_timeout()));
         let (tx, notices) = mpsc::unbounded_channel();
         metrics.fleet.mirror_keys.set(mirror.keys.len() as i64);
         metrics.fleet.outbox_events.set(outbox.events as i64);

@@ -132,23 +132,31 @@ async fn mirror(s: Arc<Shared>, kv: kv::Store) {
             return;
         }
     };
+    // Saved at most once a second (a write of the whole mirror per change would cost more than
+    // the change), and a second after the last change.
     let mut saved = Instant::now();
-    while let Some(entry) = watch.next().await {
-        let Ok(e) = entry else { break };
-        let value = match e.operation {
-            Operation::Put => match serde_json::from_slice::<Claim>(&e.value) {
-                Ok(c) => Some(c),
-                Err(_) => continue,
-            },
-            Operation::Delete | Operation::Purge => None,
-        };
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(1), watch.next()).await;
         let Ok(mut m) = s.mirror.lock() else { return };
-        m.apply(e.key, value, e.revision);
-        let f = &s.metrics.fleet;
-        f.mirror_keys.set(m.keys.len() as i64);
-        f.mirror_revision.set(m.revision as i64);
-        f.mirror_lag.set(e.delta as i64);
-        if m.dirty && (e.delta == 0 || saved.elapsed() >= Duration::from_secs(1)) {
+        match next {
+            Ok(Some(Ok(e))) => {
+                let value = match e.operation {
+                    Operation::Put => serde_json::from_slice::<Claim>(&e.value).ok(),
+                    Operation::Delete | Operation::Purge => None,
+                };
+                if e.operation == Operation::Put && value.is_none() {
+                    continue; // Not a value this notifier wrote.
+                }
+                m.apply(e.key, value, e.revision);
+                let f = &s.metrics.fleet;
+                f.mirror_keys.set(m.keys.len() as i64);
+                f.mirror_revision.set(m.revision as i64);
+                f.mirror_lag.set(e.delta as i64);
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+        if m.dirty && saved.elapsed() >= Duration::from_secs(1) {
             if let Err(err) = m.save(&s.dir) {
                 warn!("Cannot save the fleet mirror ({err}); it is rebuilt from the bucket after a restart.");
             }
