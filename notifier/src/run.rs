@@ -28,6 +28,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     daemon.started();
-    info!(history = %daemon.judge.history_path().display(), "Streaming login events.");
+    info!(history = %daemon.judge.history_path().display(), "History loaded.");
     Pipeline::run(args.format(), daemon).run_until_stopped(probes, ctx).await
 }

@@ -3,15 +3,9 @@
 //! the kernel or in the capture tables are reported as `events_lost` events, so a loss is never
 //! silent.
 
-use tracing::info;
-
 use crate::{cli::WatchArgs, loader, pipeline::Pipeline, procinfo};
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let probes = loader::load(&args.targets())?;
-    info!(
-        libpam = %probes.targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
-        "Streaming login events."
-    );
     Pipeline::watch(args.format(), args.services).run_until_stopped(probes, procinfo::host_context()).await
 }

@@ -109,6 +109,29 @@ fn sshd_key_login_reports_user_peer_port_key_and_pid_then_close() {
     assert_eq!(close["peer"], open["peer"]);
 }
 
+/// Kernels before 6.6 have no uprobe_multi links; notifier then attaches aya's perf-event uprobes,
+/// forced here, and sees the same login through both witnesses.
+#[test]
+fn perf_event_uprobes_of_older_kernels_see_an_sshd_login_through_both_witnesses() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let sshd = Sshd::start("PasswordAuthentication no");
+    let user = TestUser::new();
+    user.authorize_key(&sshd.lab.path("client_key.pub"));
+    let mut cmd = Command::new(notifier_bin());
+    cmd.args(["watch", "--json"]).env("NOTIFIER_UPROBE_MULTI", "0");
+    let n = Notifier::spawn(cmd);
+    assert!(n.stderr().contains("uprobe_multi=false"), "{}", n.stderr());
+    let out = sshd.ssh(&user.name, "127.0.0.1", Some("127.0.0.11"), &[]).arg("true").output().expect("ssh");
+    assert!(out.status.success(), "ssh failed; sshd log:\n{}", sshd.log());
+    let (open, _) = wait_for(&n, &user.name, "session_open");
+    assert_eq!(open["peer"]["ip"], "127.0.0.11", "{open}");
+    assert_eq!(open["witnesses"], serde_json::json!(["pam", "sshd"]), "{open}");
+    let (close, _) = wait_for(&n, &user.name, "session_close");
+    assert_eq!(close["session"], open["session"]);
+}
+
 #[test]
 fn sshd_wrong_password_gives_auth_failure_with_user_and_peer() {
     if !kernel_tests_enabled() {

@@ -71,7 +71,7 @@ pub fn attach_root(probes: &mut Probes, pid: u32) -> Option<Added> {
         fs::symlink_metadata(p).is_ok() && file_id(p).is_some_and(|i| !attached.contains(&i)) && discover::usable(p)
     }));
     for path in libpam {
-        match attach_target(&mut probes.ebpf, &path) {
+        match attach_target(&mut probes.ebpf, &mut probes.links, &path) {
             Ok(n) => {
                 probes.attached.push((path.clone(), n));
                 probes.targets.push(path.clone());
@@ -104,9 +104,9 @@ fn attach_sshd(probes: &mut Probes, root: &Path, added: &mut Added) -> Result<()
         libcs.into_iter().filter(|p| file_id(p).is_some_and(|i| !known_libc.contains(&i))).collect();
     let before: HashSet<(u64, u64)> = probes.sshd.ids.clone();
     sshd::register(&mut probes.ebpf, &binaries, &mut probes.sshd)?;
-    sshd::attach_libc(&mut probes.ebpf, &libcs)?;
+    sshd::attach_libc(&mut probes.ebpf, &mut probes.links, &libcs)?;
     probes.sshd.libc.extend(libcs);
-    sshd::attach_setlogin(&mut probes.ebpf, &binaries, &mut probes.sshd)?;
+    sshd::attach_setlogin(&mut probes.ebpf, &mut probes.links, &binaries, &mut probes.sshd)?;
     added.sshd_ids = probes.sshd.ids.difference(&before).copied().collect();
     probes.sshd.binaries.extend(binaries.iter().cloned());
     added.sshd = binaries;

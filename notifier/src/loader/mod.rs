@@ -7,21 +7,20 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::{
-    programs::{uprobe::UProbeScope, UProbe},
-    Ebpf, EbpfLoader,
-};
+use aya::{Ebpf, EbpfLoader};
 use notifier_common::names;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 mod containers;
 mod discover;
+mod links;
 mod privileges;
 mod replaced;
 pub mod sshd;
 
 pub use containers::{attach_root, Added};
 use discover::{check_given, find_libpam, sshd_processes};
+pub use links::Links;
 use privileges::{check_privileges, optional_capabilities_missing, permission_denied};
 pub use replaced::{handle_replaced, next_replaced, reattach, watch_libpam, LibpamWatch};
 
@@ -98,6 +97,8 @@ pub struct Probes {
     pub roots_seen: std::collections::HashSet<(u64, u64)>,
     /// What the sshd witness watches (empty when it is off).
     pub sshd: sshd::SshdTargets,
+    /// The links of the uprobes and tracepoints.
+    pub links: Links,
 }
 
 /// What to attach to.
@@ -178,13 +179,11 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
             false => LoadError::Load(e),
         })?;
 
-    for spec in PROBES {
-        loaded_uprobe(&mut ebpf, spec.program)?;
-    }
+    let mut links = Links::load(&ebpf, OBJ);
     let loaded = begin.elapsed();
     let mut attached = Vec::new();
     for target in &targets {
-        match attach_target(&mut ebpf, target) {
+        match attach_target(&mut ebpf, &mut links, target) {
             Ok(n) => attached.push((target.clone(), n)),
             // A libpam that was found, not given, and lacks what the probes need (a look-alike
             // file) is skipped; one given with --libpam must work.
@@ -200,9 +199,9 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
     }
     // The witness is required only when sshd paths were given; by default a failure to attach it
     // leaves PAM capture running, with a warning.
-    let sshd = match fork_child_pid
-        .map(|_| sshd::find(&want.sshd, &sshd_procs).and_then(|found| sshd::attach(&mut ebpf, found, &sshd_procs)))
-    {
+    let sshd = match fork_child_pid.map(|_| {
+        sshd::find(&want.sshd, &sshd_procs).and_then(|found| sshd::attach(&mut ebpf, &mut links, found, &sshd_procs))
+    }) {
         Some(Ok(sshd)) => {
             sshd::report(&sshd);
             sshd
@@ -217,7 +216,7 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
     // Parsing the kernel's BTF and the object allocates tens of MB that are freed by now; hand the
     // pages back so the resident size reflects the daemon's steady state.
     // SAFETY: malloc_trim has no preconditions.
-    follow_containers(&mut ebpf, &offsets);
+    follow_containers(&mut ebpf, &mut links, &offsets);
     unsafe { libc::malloc_trim(0) };
     // Where start-up time goes, for the benchmarks: finding libpam, reading the kernel's BTF,
     // loading and verifying the programs, attaching (each cumulative from the start of `load`).
@@ -228,70 +227,40 @@ pub fn load(want: &Targets) -> Result<Probes, LoadError> {
         loaded_ms = ms(loaded),
         attached_ms = ms(begin.elapsed()),
         probes = attached.iter().map(|(_, n)| n).sum::<usize>(),
+        uprobe_multi = links.is_multi(),
         libpam = %targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
         "Probes attached."
     );
     let roots_seen = discover::other_roots(&sshd_procs).iter().filter_map(|r| discover::file_id(r)).collect();
-    Ok(Probes { ebpf, targets, attached, roots_seen, sshd })
+    Ok(Probes { ebpf, targets, attached, roots_seen, sshd, links })
 }
 
 /// Attaches the tracepoint that reports new mount namespaces, so that containers started later are
 /// covered; without it (no tracefs, or an unknown kernel layout) they are not, which is said once.
-fn follow_containers(ebpf: &mut Ebpf, offsets: &notifier_common::TaskOffsets) {
+fn follow_containers(ebpf: &mut Ebpf, links: &mut Links, offsets: &notifier_common::TaskOffsets) {
     containers::seed_known_namespaces(ebpf);
     let (program, category, event) = containers::TRACEPOINT;
     let attached = match (offsets.mount_ns_valid, sshd::tracefs()) {
         (0, _) => Err("the kernel's BTF has no nsproxy.mnt_ns layout that notifier knows".to_string()),
         (_, Err(reason)) => Err(reason),
-        (_, Ok(_)) => sshd::attach_tracepoint(ebpf, program, category, event).map_err(|e| e.to_string()),
+        (_, Ok(_)) => sshd::attach_tracepoint(ebpf, links, program, category, event).map_err(|e| e.to_string()),
     };
     if let Err(reason) = attached {
         warn!(%reason, "Containers started after notifier are not watched; restart notifier after starting one.");
     }
 }
 
-fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| LoadError::Program { program: name, reason: "not in the object".into() })?
-        .try_into()
-        .map_err(|e| LoadError::Program { program: name, reason: format!("{e}") })
-}
-
-/// The uprobe program `name`, loaded into the kernel (once; a program can then attach many times).
-fn loaded_uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {
-    let program = uprobe(ebpf, name)?;
-    if program.fd().is_err() {
-        program.load().map_err(|e| LoadError::Program { program: name, reason: format!("{e:#}") })?;
-    }
-    Ok(program)
-}
-
-/// Attaches every (loaded) probe to one libpam file; returns how many were attached.
-fn attach_target(ebpf: &mut Ebpf, target: &Path) -> Result<usize, LoadError> {
+/// Attaches every probe to one libpam file: one link per program; returns how many symbols are
+/// probed.
+fn attach_target(ebpf: &mut Ebpf, links: &mut Links, target: &Path) -> Result<usize, LoadError> {
     let mut attached = 0;
-    for spec in PROBES {
-        match uprobe(ebpf, spec.program)?.attach(spec.symbol, target, UProbeScope::AllProcesses) {
-            Ok(_) => attached += 1,
-            Err(e) if spec.optional => {
-                debug!(symbol = spec.symbol, path = %target.display(), error = %e, "Optional symbol not attached.");
-            }
-            Err(e) if permission_denied(&e) => {
-                return Err(LoadError::NotPrivileged {
-                    missing: format!(
-                        "CAP_SYS_ADMIN: the kernel refused perf_event_open for the uprobe on {} ({e})",
-                        spec.symbol
-                    ),
-                });
-            }
-            Err(e) => {
-                return Err(LoadError::Attach {
-                    program: spec.program,
-                    symbol: spec.symbol,
-                    path: target.display().to_string(),
-                    reason: format!("{e}"),
-                });
-            }
+    for (i, spec) in PROBES.iter().enumerate() {
+        if PROBES[..i].iter().any(|s| s.program == spec.program) {
+            continue;
         }
+        let symbols: Vec<(&'static str, bool)> =
+            PROBES.iter().filter(|s| s.program == spec.program).map(|s| (s.symbol, s.optional)).collect();
+        attached += links.attach(ebpf, spec.program, target, &symbols)?;
     }
     Ok(attached)
 }

@@ -14,7 +14,7 @@ use super::{attach_target, discover::check_elf, LoadError, Probes};
 /// Attaches the probes to the file now at `path` (after a package upgrade replaced it). The
 /// probes on the old file stay, for processes that still map it.
 pub fn reattach(probes: &mut Probes, path: &Path) -> Result<usize, LoadError> {
-    let n = attach_target(&mut probes.ebpf, path)?;
+    let n = attach_target(&mut probes.ebpf, &mut probes.links, path)?;
     match probes.attached.iter_mut().find(|(p, _)| p == path) {
         Some((_, count)) => *count += n,
         None => probes.attached.push((path.to_path_buf(), n)),

@@ -15,17 +15,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{
-    maps::HashMap,
-    programs::{uprobe::UProbeScope, TracePoint},
-    Ebpf,
-};
+use aya::{maps::HashMap, programs::TracePoint, Ebpf};
 use notifier_common::names;
 use tracing::{debug, info, warn};
 
 use super::{
     discover::{check_elf, dedupe, ldconfig, sshd_mapped, under, usable, SshdProcess},
-    loaded_uprobe, LoadError,
+    Links, LoadError,
 };
 
 /// Standard places for sshd and its helpers.
@@ -136,19 +132,24 @@ fn helpers_beside(sshd: &Path) -> Vec<PathBuf> {
 }
 
 /// Registers `binaries` with the probes and attaches the witness. Returns what is watched.
-pub(crate) fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>, procs: &[SshdProcess]) -> Result<SshdTargets, LoadError> {
+pub(crate) fn attach(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    binaries: Vec<PathBuf>,
+    procs: &[SshdProcess],
+) -> Result<SshdTargets, LoadError> {
     let mut targets = SshdTargets::default();
     register(ebpf, &binaries, &mut targets)?;
     for (program, category, event) in TRACEPOINTS {
-        attach_tracepoint(ebpf, program, category, event)?;
+        attach_tracepoint(ebpf, links, program, category, event)?;
     }
     let libcs = find_libc(procs);
     if libcs.is_empty() {
         return Err(program_error("sshd_enter_accept", "no libc.so.6 found to probe accept() in"));
     }
-    attach_libc(ebpf, &libcs)?;
+    attach_libc(ebpf, links, &libcs)?;
     targets.libc = libcs;
-    attach_setlogin(ebpf, &binaries, &mut targets)?;
+    attach_setlogin(ebpf, links, &binaries, &mut targets)?;
     targets.binaries = binaries;
     Ok(targets)
 }
@@ -156,6 +157,7 @@ pub(crate) fn attach(ebpf: &mut Ebpf, binaries: Vec<PathBuf>, procs: &[SshdProce
 /// Attaches the tracepoint program `program` to `category:event`.
 pub(super) fn attach_tracepoint(
     ebpf: &mut Ebpf,
+    links: &mut Links,
     program: &'static str,
     category: &str,
     event: &str,
@@ -168,11 +170,12 @@ pub(super) fn attach_tracepoint(
     if tp.fd().is_err() {
         tp.load().map_err(|e| program_error(program, format!("{e:#}")))?;
     }
-    tp.attach(category, event).map_err(|e| LoadError::Tracepoint {
+    let link = tp.attach(category, event).and_then(|id| tp.take_link(id)).map_err(|e| LoadError::Tracepoint {
         program,
         event: format!("{category}:{event}"),
         reason: format!("{e}"),
     })?;
+    links.hold_tracepoint(link);
     Ok(())
 }
 
@@ -189,16 +192,15 @@ pub(super) fn register(ebpf: &mut Ebpf, binaries: &[PathBuf], targets: &mut Sshd
 }
 
 /// Probes `accept`, `accept4` and `setresuid` in each of `libcs`.
-pub(super) fn attach_libc(ebpf: &mut Ebpf, libcs: &[PathBuf]) -> Result<(), LoadError> {
-    for (program, symbol) in LIBC_PROBES {
-        let probe = loaded_uprobe(ebpf, program)?;
+pub(super) fn attach_libc(ebpf: &mut Ebpf, links: &mut Links, libcs: &[PathBuf]) -> Result<(), LoadError> {
+    for (i, (program, _)) in LIBC_PROBES.iter().enumerate() {
+        if LIBC_PROBES[..i].iter().any(|(p, _)| p == program) {
+            continue;
+        }
+        let symbols: Vec<(&'static str, bool)> =
+            LIBC_PROBES.iter().filter(|(p, _)| p == program).map(|(_, s)| (*s, false)).collect();
         for libc in libcs {
-            probe.attach(*symbol, libc, UProbeScope::AllProcesses).map_err(|e| LoadError::Attach {
-                program,
-                symbol,
-                path: libc.display().to_string(),
-                reason: format!("{e}"),
-            })?;
+            links.attach(ebpf, program, libc, &symbols)?;
         }
     }
     Ok(())
@@ -207,15 +209,16 @@ pub(super) fn attach_libc(ebpf: &mut Ebpf, libcs: &[PathBuf]) -> Result<(), Load
 /// Probes `setlogin` in each of `binaries` that has it (not in `sshd-auth`, which is pre-auth only).
 pub(super) fn attach_setlogin(
     ebpf: &mut Ebpf,
+    links: &mut Links,
     binaries: &[PathBuf],
     targets: &mut SshdTargets,
 ) -> Result<(), LoadError> {
-    let setlogin = loaded_uprobe(ebpf, SETLOGIN)?;
     for path in binaries {
         if path.file_name().is_some_and(|n| n == "sshd-auth") {
             continue; // Pre-auth only: a setlogin there would not be a login.
         }
-        match setlogin.attach("setlogin", path, UProbeScope::AllProcesses) {
+        match links.attach(ebpf, SETLOGIN, path, &[("setlogin", true)]) {
+            Ok(0) => debug!(path = %path.display(), "No setlogin to probe in this sshd binary."),
             Ok(_) => targets.probed.push(path.clone()),
             Err(e) => debug!(path = %path.display(), error = %e, "No setlogin to probe in this sshd binary."),
         }

@@ -112,6 +112,11 @@ impl Pipeline {
             Some(_) => Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?),
             None => None,
         };
+        // Said only now that a SIGTERM stops it cleanly (the handlers are in place).
+        info!(
+            libpam = %probes.targets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
+            "Streaming login events."
+        );
         service::ready("watching PAM logins");
         // Only under systemd with WatchdogSec=: no timer otherwise, so an idle daemon never wakes.
         let mut watchdog = service::watchdog_interval().map(tokio::time::interval);

@@ -4,7 +4,8 @@
 //!
 //! Cases: SSH login overhead (no tracer, `notifier run`, the pam_exec recipe, bpftrace), probe cost
 //! per PAM session, event latency, throughput and loss, footprint (RSS, idle CPU and wake-ups,
-//! start-up, against bpftrace's start-up), and alert latency to a local webhook.
+//! start-up, against bpftrace's start-up), stopping and restarting, and alert latency to a local
+//! webhook.
 
 use std::{
     collections::HashMap,
@@ -23,6 +24,7 @@ mod capture;
 mod fleet;
 mod footprint;
 mod hostile;
+mod lifecycle;
 mod logins;
 mod report;
 mod stats;
@@ -32,6 +34,7 @@ use capture::*;
 use fleet::*;
 use footprint::*;
 use hostile::*;
+use lifecycle::*;
 use logins::*;
 use report::*;
 use stats::*;
@@ -48,7 +51,7 @@ struct Args {
     /// Results of the fuzz targets that `cargo xtask bench` ran: `name runs seconds outcome`.
     #[arg(long)]
     fuzz: Option<PathBuf>,
-    /// Only these cases (probe, witness, login, latency, throughput, footprint, hostile, alert, fleet); the table
+    /// Only these cases (probe, witness, login, latency, throughput, footprint, stop, hostile, alert, fleet); the table
     /// is printed and BENCHMARKS.md is left alone.
     #[arg(long, value_name = "CASE")]
     only: Vec<String>,
@@ -91,6 +94,7 @@ fn main() {
             if q { 20_000 } else { 100_000 },
         )
     });
+    case("stop", &mut |r| stop_and_restart(r, if q { 3 } else { 7 }));
     case("hostile", &mut |r| hostile_load(r, if q { 6 } else { 10 }, if q { 100 } else { 300 }));
     case("alert", &mut |r| alert_latency(r, if q { 50 } else { 200 }));
     case("fleet", &mut |r| fleet(r, if q { 100 } else { 400 }));
