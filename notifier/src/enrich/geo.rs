@@ -40,15 +40,19 @@ pub struct GeoError {
 }
 
 fn open(key: &'static str, path: &Path) -> Result<Reader<Mmap>, GeoError> {
+    let error = |reason: String| GeoError { key, path: path.display().to_string(), reason };
+    let file = std::fs::File::open(path).map_err(|e| error(e.to_string()))?;
     // SAFETY: the mapping is read-only, and database updates (geoipupdate, package upgrades)
     // write a new file and rename it over the old one, so the mapped inode never changes under
     // the reader; a reload maps the new file. Truncating the file in place while notifier runs
     // would make a lookup fault, which no updater does.
-    unsafe { Reader::open_mmap(path) }.map_err(|e| GeoError {
-        key,
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
+    let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| error(e.to_string()))?;
+    // Lookups jump from node to node across the file: without this, each page fault would read
+    // ahead and map its neighbours too (480 faults made 45 MB resident instead of 2 MB, measured).
+    if let Err(e) = map.advise(memmap2::Advice::Random) {
+        tracing::debug!(error = %e, "madvise(MADV_RANDOM) on the GeoIP database failed; lookups read ahead.");
+    }
+    Reader::from_source(map).map_err(|e| error(e.to_string()))
 }
 
 impl GeoDb {

@@ -348,10 +348,10 @@ mod tests {
         let found = symbol_offsets(path, &["accept", "setresuid", "no_such_symbol_here"]).expect("an ELF file");
         assert_eq!(found[2], None);
         let file = fs::read(path).expect("reading libc");
-        for (offset, function) in [(found[0], libc::accept as usize), (found[1], libc::setresuid as usize)] {
+        for (offset, function) in [(found[0], libc::accept as *const u8), (found[1], libc::setresuid as *const u8)] {
             let offset = offset.expect("libc has accept and setresuid") as usize;
             // SAFETY: the function's first 16 bytes are mapped, executable and readable code.
-            let code = unsafe { std::slice::from_raw_parts(function as *const u8, 16) };
+            let code = unsafe { std::slice::from_raw_parts(function, 16) };
             assert_eq!(&file[offset..offset + 16], code, "offset {offset:#x}");
         }
         assert!(symbol_offsets(Path::new("/proc/self/status"), &["accept"]).is_err());

@@ -1,7 +1,7 @@
 //! Cases: stopping and coming back. `notifier watch` with every PAM and sshd probe attached, from
 //! SIGTERM to exit (with uprobe_multi links, and with the perf-event uprobes of older kernels);
-//! a `notifier run` killed with SIGKILL, until it is gone and until a new one started at once has
-//! its probes attached; and the peak memory of a start.
+//! and a `notifier run` killed with SIGKILL, until it is gone and until a new one started at once
+//! has its probes attached.
 
 use super::*;
 
@@ -66,20 +66,5 @@ pub(crate) fn stop_and_restart(report: &mut Report, runs: usize) {
         ),
         "",
         "-",
-    );
-
-    // Peak memory of a start with no database: the most the process ever held (VmHWM).
-    let mut peaks = Vec::new();
-    for _ in 0..runs {
-        let n = Notifier::run(&d.config);
-        peaks.push(status_field(n.pid(), "VmHWM:") as f64 / 1024.0);
-    }
-    let m = median(&peaks);
-    report.row(
-        "footprint",
-        format!("peak RSS of a start, notifier run, no GeoIP database ({runs} runs)"),
-        format!("{m:.1} MB median (spread {})", spread(&peaks)),
-        "≤ 20 MB",
-        met(m <= 20.0),
     );
 }

@@ -26,6 +26,7 @@ mod footprint;
 mod hostile;
 mod lifecycle;
 mod logins;
+mod memory;
 mod report;
 mod stats;
 mod tracers;
@@ -36,6 +37,7 @@ use footprint::*;
 use hostile::*;
 use lifecycle::*;
 use logins::*;
+use memory::*;
 use report::*;
 use stats::*;
 use tracers::*;
@@ -92,7 +94,8 @@ fn main() {
             if q { 3 } else { 7 },
             Duration::from_secs(if q { 5 } else { 20 }),
             if q { 20_000 } else { 100_000 },
-        )
+        );
+        memory(r, if q { 3 } else { 7 });
     });
     case("stop", &mut |r| stop_and_restart(r, if q { 3 } else { 7 }));
     case("hostile", &mut |r| hostile_load(r, if q { 6 } else { 10 }, if q { 100 } else { 300 }));
