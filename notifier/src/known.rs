@@ -122,7 +122,7 @@ fn list_text(config: &Config, h: &History) -> String {
 /// `notifier check-config`: validate a file and print the effective settings.
 pub fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let path = path.unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH));
-    let config = Config::load(&path)?;
+    let (config, effective) = Config::load_with_sources(&path)?;
     crate::enrich::geo::GeoDb::open(&config.geoip).context("opening the GeoIP databases")?;
     let sample = crate::alert::sample_alert(config.host.as_deref().unwrap_or("web-1"));
     for sink in &config.sinks {
@@ -131,8 +131,12 @@ pub fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
             crate::config::ConfigError::Unusable(format!("{}: sink {:?}: {e}", path.display(), sink.name))
         })?;
     }
-    println!("# {}: valid. Effective settings:", path.display());
-    print!("{}", config.to_toml());
+    let dropins = crate::config::files::dropins(&path)?;
+    println!("# {}: valid. Effective settings, each with the file that set it:", path.display());
+    for d in &dropins {
+        println!("# drop-in: {}", d.display());
+    }
+    print!("{}", effective.annotated());
     Ok(())
 }
 

@@ -121,6 +121,8 @@ pub(crate) fn install(args: &InstallArgs) -> Result<()> {
     }
     let credentials = args.at(CREDENTIALS);
     std::fs::create_dir_all(&credentials)?;
+    // Drop-ins (`notifier.d/*.toml`), read after notifier.toml; upgrades never touch them.
+    std::fs::create_dir_all(args.at(CONFIG_DIR).join("notifier.d"))?;
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o700))?;

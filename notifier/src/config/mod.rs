@@ -12,6 +12,7 @@ use std::{
 
 use serde::Serialize;
 
+pub mod files;
 pub mod fleet;
 mod raw;
 pub mod sink;
@@ -156,6 +157,22 @@ fn line_of(text: &str, pos: usize) -> usize {
     text.as_bytes()[..pos.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
+impl ConfigError {
+    /// The error of `file`, named in it: for the main file the path only reaches toml's own
+    /// messages (as before drop-ins); a drop-in's errors always say which file they are in.
+    pub(crate) fn in_file(self, file: &Path, main: bool) -> ConfigError {
+        match self {
+            ConfigError::Parse { message, .. } => {
+                ConfigError::Parse { path: Some(file.display().to_string()), message }
+            }
+            ConfigError::Invalid { key, line, reason, fix } if !main => {
+                ConfigError::Invalid { key: format!("{key} in {}", file.display()), line, reason, fix }
+            }
+            other => other,
+        }
+    }
+}
+
 impl Config {
     /// Parses and validates a config text. Pure: no file is read or checked.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -271,18 +288,17 @@ impl Config {
         })
     }
 
-    /// Reads, parses and validates `path`, and checks that the databases it names exist.
+    /// Reads, parses and validates `path` and its drop-ins (`notifier.d/*.toml` beside it), and
+    /// checks that the databases it names exist.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
-        let config = Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => {
-                ConfigError::Parse { path: Some(path.display().to_string()), message }
-            }
-            other => other,
-        })?;
+        Ok(Config::load_with_sources(path)?.0)
+    }
+
+    /// [`Config::load`], with where each setting came from.
+    pub fn load_with_sources(path: &Path) -> Result<(Config, files::Effective), ConfigError> {
+        let (config, effective) = files::load(path)?;
         config.check_files()?;
-        Ok(config)
+        Ok((config, effective))
     }
 
     /// Loads `path`, or else the default file if it exists, or else the defaults.

@@ -327,5 +327,18 @@ fn config_errors_name_the_key_or_path_and_check_config_fails() {
     let good = lab.path("good.toml");
     fs::write(&good, "[policy]\nknown_networks = [\"10.0.0.0/8\"]\n").expect("config");
     let out = run(Command::new(notifier_bin()).args(["check-config", "--config"]).arg(&good));
-    assert!(out.contains("known_networks = [\"10.0.0.0/8\"]"), "{out}");
+    assert!(out.contains(&format!("known_networks = [\"10.0.0.0/8\"]  # {}", good.display())), "{out}");
+    // A drop-in beside it overrides one key, and check-config names where each setting came from.
+    let dropins = lab.path("good.d");
+    fs::create_dir_all(&dropins).expect("good.d");
+    let dropin = dropins.join("10-office.toml");
+    fs::write(&dropin, "[policy]\nknown_networks = [\"192.0.2.0/24\"]\n").expect("drop-in");
+    let out = run(Command::new(notifier_bin()).args(["check-config", "--config"]).arg(&good));
+    assert!(out.contains(&format!("known_networks = [\"192.0.2.0/24\"]  # {}", dropin.display())), "{out}");
+    assert!(out.contains("max_per_minute = 10  # default"), "{out}");
+    fs::write(&dropin, "[alerts]\nmax_per_minute = 0\n").expect("drop-in");
+    let out = Command::new(notifier_bin()).args(["check-config", "--config"]).arg(&good).output().expect("notifier");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("10-office.toml") && err.contains("alerts.max_per_minute"), "{err}");
 }
