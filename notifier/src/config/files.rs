@@ -116,8 +116,19 @@ impl Effective {
         let mut sinks = self.sinks.iter();
         let source_of =
             |key: &str| self.sources.get(key).map_or_else(|| "default".to_string(), |p| p.display().to_string());
+        // The closing quotes of a multi-line string being read: its lines are not keys, and no
+        // comment can go on them.
+        let mut open: Option<&str> = None;
         for line in self.toml.lines() {
             let trimmed = line.trim();
+            if let Some(delimiter) = open {
+                if trimmed.contains(delimiter) {
+                    open = None;
+                }
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
             if let Some(header) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
                 table = header.trim_matches(|c| c == '[' || c == ']').to_string();
                 if trimmed == "[[sink]]" {
@@ -133,6 +144,15 @@ impl Effective {
                 out.push('\n');
                 continue;
             };
+            let value = line.split_once(" = ").map_or("", |(_, v)| v.trim());
+            if let Some(delimiter) = ["\"\"\"", "\'\'\'"].into_iter().find(|d| value.starts_with(d)) {
+                if value.matches(delimiter).count() == 1 {
+                    open = Some(delimiter);
+                    out.push_str(line);
+                    out.push('\n');
+                    continue;
+                }
+            }
             let source = match table.as_str() {
                 t if t == "sink" || t.starts_with("sink.") => sink_source.clone(),
                 "" => source_of(key),
@@ -182,7 +202,8 @@ mod tests {
         let early = dir.write(
             "notifier.d/10-early.toml",
             "[policy]\nlearning_days = 7\n[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/b\"\nsystem_ca = true\n\
-             [[sink]]\nname = \"more\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/c\"\n",
+             [[sink]]\nname = \"more\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/c\"\n\
+             body = \"\"\"\n{{ user }} = {{ ip }}\n[from {{ host }}]\n\"\"\"\n",
         );
         dir.write("notifier.d/README", "not a drop-in");
         let (config, effective) = load(&main).unwrap_or_else(|e| panic!("{e}"));
@@ -204,6 +225,13 @@ mod tests {
         assert!(text.contains("cooldown_secs = 600  # default"), "the files' own keys: {text}");
         assert!(text.contains(&format!("system_ca = true  # {}", early.display())), "{text}");
         assert!(!text.contains("127.0.0.1:9/"), "secrets (a webhook's URL) stay hidden: {text}");
+        assert!(
+            text.contains("\n{{ user }} = {{ ip }}\n[from {{ host }}]\n"),
+            "a multi-line body is left whole: {text}"
+        );
+        let reparsed = Config::from_toml(&text.replace("\"***\"", "\"http://127.0.0.1:9/\""))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(reparsed.sinks[1].body, config.sinks[1].body, "{text}");
         let empty = dir.write("empty.toml", "");
         let defaults = load(&empty).unwrap_or_else(|e| panic!("{e}")).1.annotated();
         let reparsed = Config::from_toml(&defaults).unwrap_or_else(|e| panic!("{e}\n{defaults}"));

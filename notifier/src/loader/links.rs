@@ -2,7 +2,7 @@
 //! later), aya's perf-event uprobes elsewhere.
 //!
 //! Why not aya's uprobes alone: the kernel detaches each perf-event uprobe under its global
-//! `event_mutex`, with grace periods of its own, so the 22 of a default start took about 2 s to go
+//! `event_mutex`, with grace periods of its own, so the 21 of a default start took about 2 s to go
 //! (measured on kernel 6.18: 13 perf-event uprobes closed in 1.47 s, one after the other, and
 //! no faster from 13 threads). A uprobe_multi link is one BPF link for all the offsets one program
 //! has in one file; it waits once when it goes, and links closed from several threads wait
@@ -12,7 +12,7 @@
 //! maps that aya created (the ring buffers and tables the tracepoints use too), and linked with
 //! `BPF_LINK_CREATE`. On older kernels (or with `NOTIFIER_UPROBE_MULTI=0`), aya's path is used
 //! unchanged. The tracepoints' links are held here too, so that every link goes at once, each
-//! from its own thread: with 3 tracepoints and 17 uprobe links, `notifier watch` exits about
+//! from its own thread: with 3 tracepoints and 16 uprobe_multi links, `notifier watch` exits about
 //! 200 ms after SIGTERM, not 2.1 s.
 
 use std::{
