@@ -144,22 +144,39 @@ pub enum Format {
 }
 
 /// Writes one event as one line.
+/// The version of the JSON events and webhook bodies, described by `schema/event.schema.json`.
+/// It changes only when a field is removed or changes meaning; new fields may come within a version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A JSON event with its schema version as the first key.
+#[derive(Serialize)]
+struct Versioned<'a, T: Serialize> {
+    schema: u32,
+    #[serde(flatten)]
+    event: &'a T,
+}
+
+/// `event` as a JSON value with its schema version, as the fleet stream carries it.
+pub fn json_value(event: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(Versioned { schema: SCHEMA_VERSION, event }).unwrap_or_default()
+}
+
+/// Writes `event` as one JSON line, with its schema version.
+pub fn json_line(w: &mut impl io::Write, event: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, &Versioned { schema: SCHEMA_VERSION, event })?;
+    w.write_all(b"\n")
+}
+
 pub fn write_login(w: &mut impl io::Write, format: Format, e: &LoginEvent) -> io::Result<()> {
     match format {
-        Format::Json => {
-            serde_json::to_writer(&mut *w, e)?;
-            w.write_all(b"\n")
-        }
+        Format::Json => json_line(w, e),
         Format::Text => writeln!(w, "{}", text_line(e)),
     }
 }
 
 pub fn write_lost(w: &mut impl io::Write, format: Format, e: &LostEvent) -> io::Result<()> {
     match format {
-        Format::Json => {
-            serde_json::to_writer(&mut *w, e)?;
-            w.write_all(b"\n")
-        }
+        Format::Json => json_line(w, e),
         Format::Text => writeln!(
             w,
             "{} events_lost lost={} trusted={} untrusted={} ring_full={} inflight_full={} handles_full={} read_failed={} no_entry={} budget={} session_table_full={} total={}",

@@ -28,8 +28,8 @@ pub fn write(w: &mut impl io::Write, format: Format, out: &Output) -> io::Result
     match (out, format) {
         (Output::Captured(e), _) => event::write_login(w, format, e),
         (Output::Lost(l), _) => event::write_lost(w, format, l),
-        (Output::Judged(Judgement::Login(j)), Format::Json) => json_line(w, j),
-        (Output::Judged(Judgement::BruteForce(b)), Format::Json) => json_line(w, b),
+        (Output::Judged(Judgement::Login(j)), Format::Json) => event::json_line(w, j),
+        (Output::Judged(Judgement::BruteForce(b)), Format::Json) => event::json_line(w, b),
         (Output::Judged(Judgement::Login(j)), Format::Text) => writeln!(w, "{}", text_line(j)),
         (Output::Judged(Judgement::BruteForce(b)), Format::Text) => writeln!(
             w,
@@ -42,11 +42,6 @@ pub fn write(w: &mut impl io::Write, format: Format, out: &Output) -> io::Result
             if b.alert { " alert=yes" } else { "" }
         ),
     }
-}
-
-fn json_line(w: &mut impl io::Write, value: &impl serde::Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *w, value)?;
-    w.write_all(b"\n")
 }
 
 /// The captured event's line, then what the daemon added.

@@ -24,6 +24,7 @@ mod guards;
 mod http;
 mod mmdb;
 mod nats;
+mod schema;
 mod smtp;
 mod sshd;
 
@@ -34,6 +35,7 @@ pub use guards::*;
 pub use http::*;
 pub use mmdb::*;
 pub use nats::*;
+pub use schema::*;
 pub use smtp::*;
 pub use sshd::*;
 

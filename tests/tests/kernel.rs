@@ -7,6 +7,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader},
     os::unix::ffi::OsStringExt as _,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -107,6 +108,44 @@ fn sshd_key_login_reports_user_peer_port_key_and_pid_then_close() {
     let duration = close["duration_ms"].as_u64().expect("duration_ms");
     assert!((1900..15_000).contains(&duration), "duration {duration} ms for a 2 s session");
     assert_eq!(close["peer"], open["peer"]);
+    assert_eq!(open["schema"], 1);
+    assert_schema_valid(None, &[open, close]);
+}
+
+/// The shipped JSON Schema accepts every kind of line in the golden file and rejects drift: a
+/// missing version, an unknown key, an unknown verdict, a wrong type.
+#[test]
+fn the_json_schema_accepts_every_golden_line_and_rejects_drift() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../notifier/src/output/golden.jsonl");
+    let lines: Vec<Value> = std::fs::read_to_string(&golden)
+        .expect("golden.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert!(lines.len() >= 9, "every kind of line");
+    assert_schema_valid(None, &lines);
+    let drifted = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut v = lines[4].clone();
+        change(v.as_object_mut().expect("object"));
+        v
+    };
+    let bad = [
+        drifted(&|m| {
+            m.remove("schema");
+        }),
+        drifted(&|m| {
+            m.insert("colour".into(), Value::from("red"));
+        }),
+        drifted(&|m| {
+            m.insert("verdict".into(), Value::from("probably_fine"));
+        }),
+        drifted(&|m| {
+            m.insert("pid".into(), Value::from("4242"));
+        }),
+    ];
+    for (value, error) in bad.iter().zip(schema_errors(None, &bad)) {
+        assert!(error.is_some(), "accepted: {value}");
+    }
 }
 
 /// Kernels before 6.6 have no uprobe_multi links; notifier then attaches aya's perf-event uprobes,

@@ -23,6 +23,8 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "pamtester",
     "util-linux",
     "python3-aiosmtpd",
+    // Validates real output against schema/event.schema.json in the tests.
+    "python3-jsonschema",
     "python3-paramiko",
     "strace",
     "man-db",

@@ -197,6 +197,7 @@ impl HttpSink {
             })),
             Api::Webhook { url, headers, secret } => {
                 let body = json!({
+                    "schema": crate::event::SCHEMA_VERSION,
                     "id": alert.id,
                     "time": alert.time,
                     "kind": alert.kind,

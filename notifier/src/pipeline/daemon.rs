@@ -118,8 +118,13 @@ impl Daemon {
     fn health(&mut self, text: String) {
         let alert = alert::internal_alert(AlertKind::Health, &self.host, text);
         if let Some(f) = &self.fleet {
-            let event =
-                serde_json::json!({"time": alert.time, "event": "health", "host": alert.host, "reason": alert.reason});
+            let event = serde_json::json!({
+                "schema": crate::event::SCHEMA_VERSION,
+                "time": alert.time,
+                "event": "health",
+                "host": alert.host,
+                "reason": alert.reason,
+            });
             f.publish(vec![(crate::id::short_id(&self.host, &[alert.id.as_bytes()]), "health", event)]);
         }
         self.dispatcher.submit(alert);

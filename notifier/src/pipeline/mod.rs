@@ -210,7 +210,7 @@ impl Pipeline {
                     d.metrics.lost(&lost);
                     if let Some(f) = &d.fleet {
                         let id = crate::id::short_id(&d.host, &[b"lost", lost.time.as_bytes()]);
-                        f.publish(vec![(id, "events_lost", serde_json::to_value(&lost).unwrap_or_default())]);
+                        f.publish(vec![(id, "events_lost", crate::event::json_value(&lost))]);
                     }
                 }
                 if !self.stdout.emit(Output::Lost(lost), None)? {
@@ -242,15 +242,13 @@ async fn sleep_until(at: Option<Instant>) {
 /// A judged event as the fleet stream carries it: its id, its kind, and its JSON.
 fn fleet_event(host: &str, j: &Judgement) -> (String, &'static str, serde_json::Value) {
     match j {
-        Judgement::Login(j) => (
-            crate::fleet::claim::event_id(host, j),
-            j.login.event.as_str(),
-            serde_json::to_value(j).unwrap_or_default(),
-        ),
+        Judgement::Login(j) => {
+            (crate::fleet::claim::event_id(host, j), j.login.event.as_str(), crate::event::json_value(j))
+        }
         Judgement::BruteForce(b) => (
             crate::id::short_id(host, &[b"brute", b.ip.to_string().as_bytes(), b.time.as_bytes()]),
             b.event,
-            serde_json::to_value(b).unwrap_or_default(),
+            crate::event::json_value(b),
         ),
     }
 }

@@ -259,6 +259,8 @@ command = ["{script}", "{out}"]
     let signature = hook.header("x-notifier-signature").expect("signature header");
     assert_eq!(signature, format!("sha256={}", hmac_hex("hook-secret", &hook.body)), "valid HMAC of the body");
     let j = hook.json();
+    assert_eq!(j["schema"], 1, "{j}");
+    assert_schema_valid(Some("webhook"), std::slice::from_ref(&j));
     assert_eq!(hook.header("idempotency-key"), j["id"].as_str());
     // Standard Webhooks: the id, this attempt's time and the body, signed together.
     let (id, ts) =
@@ -426,6 +428,9 @@ fn hundred_new_addresses_give_at_most_ten_alerts_and_one_summary() {
     assert!(summary["body"].as_str().unwrap().starts_with("90 alert(s) held back"), "{summary}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(hook.requests().len(), 11, "nothing more after the summary");
+    // What `run --json` printed and what the webhook received follow the shipped schema.
+    assert_schema_valid(None, &events);
+    assert_schema_valid(Some("webhook"), &reqs.iter().map(|r| r.json()).collect::<Vec<_>>());
 }
 
 #[test]

@@ -197,6 +197,7 @@ fn twenty_hosts_one_new_source_one_alert_and_the_watch_shows_every_event_once() 
         m
     });
     assert_eq!(per_host.len(), 20, "{per_host:?}");
+    assert_schema_valid(None, &shown);
 }
 
 /// The login alerts a webhook receiver got, by IP.
