@@ -7,7 +7,7 @@
 //! `max_age`, goes to `state_dir/dead-letter.jsonl` and is logged once.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, OpenOptions},
     io::{self, Write as _},
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
@@ -80,12 +80,8 @@ impl Spool {
     /// Writes `entry` durably.
     pub fn put(&self, entry: &Entry) -> io::Result<()> {
         let path = self.file(&entry.alert.id);
-        let tmp = path.with_extension("tmp");
-        let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec(entry).map_err(io::Error::other)?)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()
+        let bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        crate::state::write_durably(&path, &path.with_extension("tmp"), &bytes)
     }
 
     pub fn remove(&self, id: &str) -> io::Result<()> {

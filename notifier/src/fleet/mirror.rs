@@ -6,9 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -58,13 +56,10 @@ impl Mirror {
         self.dirty = true;
     }
 
-    /// Writes the mirror durably (temporary file, fsync, rename), mode 0600.
+    /// Writes the mirror durably (temporary file, fsync, rename, fsync of the directory), mode 0600.
     pub fn save(&mut self, dir: &Path) -> io::Result<()> {
-        let tmp = dir.join("mirror.json.tmp");
-        let mut f = fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
-        f.sync_all()?;
-        fs::rename(&tmp, Self::path(dir))?;
+        let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
+        crate::state::write_durably(&Self::path(dir), &dir.join("mirror.json.tmp"), &bytes)?;
         self.dirty = false;
         Ok(())
     }

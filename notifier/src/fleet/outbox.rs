@@ -13,9 +13,8 @@
 
 use std::{
     collections::VecDeque,
-    fs::{self, File},
-    io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    fs, io,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
@@ -94,12 +93,7 @@ impl Outbox {
         let seq = self.next;
         self.next += 1;
         let path = self.dir.join(name(kind, seq));
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
+        crate::state::write_durably(&path, &path.with_extension("tmp"), bytes)?;
         Ok(seq)
     }
 
@@ -133,11 +127,7 @@ impl Outbox {
     /// Rewrites an intent in place (marked as alerted).
     pub fn rewrite_intent(&mut self, seq: u64, intent: &Intent) -> io::Result<()> {
         let path = self.dir.join(name('c', seq));
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec(intent)?)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
+        crate::state::write_durably(&path, &path.with_extension("tmp"), &serde_json::to_vec(intent)?)
     }
 
     pub fn remove_intent(&mut self, seq: u64) {

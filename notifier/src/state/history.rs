@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::{self, Write as _},
+    io,
     net::IpAddr,
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
@@ -263,14 +263,7 @@ impl Store {
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         let mut text = serde_json::to_vec_pretty(&self.history).map_err(|e| self.io(io::Error::other(e)))?;
         text.push(b'\n');
-        let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| self.io(e))?;
+        super::write_durably(&self.path, &tmp, &text).map_err(|e| self.io(e))?;
         self.loaded = self.identity()?;
         Ok(())
     }

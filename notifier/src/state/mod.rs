@@ -1,3 +1,21 @@
 //! Durable state: the learned login history, and the alert spool's layout on disk.
 pub mod history;
 pub mod spool;
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::Path,
+};
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never a part:
+/// into `tmp` (mode 0600), fsync, rename over `path`, fsync of the directory (so the rename
+/// itself survives). The spool, the history, and the fleet's outbox and mirror all write this way.
+pub fn write_durably(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(tmp, path)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
