@@ -40,6 +40,18 @@ pub enum Command {
     },
     /// Show and edit the learned history and the allowlist (safe while the daemon runs).
     Known(KnownArgs),
+    /// Show the daemon: running or not, its probes, its last event, the spool, each sink's health.
+    /// Exits 3 when it is not running.
+    Status {
+        /// Config file (for state_dir) [default: /etc/notifier/notifier.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the alerts waiting in the spool and the dead letters; send dead letters again.
+    Spool(SpoolArgs),
     /// Fleet mode: set up the NATS JetStream stream and bucket, or watch every host's events.
     Fleet {
         #[command(subcommand)]
@@ -157,6 +169,38 @@ pub struct FleetWatchArgs {
     /// Start this long ago (30s, 15m, 2h, 7d) instead of now.
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SpoolArgs {
+    /// Config file (for state_dir and the sinks) [default: /etc/notifier/notifier.toml].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: SpoolCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// List the alerts waiting for delivery, and those given up on (dead letters).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in their sink's spool and have the running daemon deliver them now
+    /// (SIGUSR1); without a daemon, they go at its next start.
+    Retry {
+        /// The alert ids to send again (from `notifier spool list`).
+        #[arg(value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter (of --sink only, if given).
+        #[arg(long)]
+        all: bool,
+        /// Only dead letters of this sink.
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

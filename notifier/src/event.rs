@@ -252,6 +252,21 @@ pub fn escape_text(s: &str) -> String {
     out
 }
 
+/// Text for a terminal, spaces kept: control characters and misleading ones ([`is_deceptive`])
+/// are shown as `\u{…}` escapes, so a value cannot move the cursor, clear the screen, or pass for
+/// two lines.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || is_deceptive(c) {
+            let _ = write!(out, "{}", c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A character that is not a control character but misleads a reader of a line: a space other than
 /// U+0020 (U+00A0, U+2000..U+200A, U+3000, …), the line and paragraph separators U+2028 and
 /// U+2029, a bidirectional control (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F, U+061C), or

@@ -17,11 +17,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    // What a command that did not fail exits with.
+    let mut success = ExitCode::SUCCESS;
+    let result: anyhow::Result<()> = runtime.block_on(async {
         match cli.command {
             Command::Watch(args) => notifier::watch::run(args).await,
             Command::Run(args) => notifier::run::run(args).await,
             Command::CheckConfig { config } => notifier::known::check_config(config),
+            Command::Status { config, json } => {
+                if !notifier::status::run(config.as_deref(), json)? {
+                    success = ExitCode::from(NOT_RUNNING);
+                }
+                Ok(())
+            }
+            Command::Spool(args) => notifier::spool::run(args),
             Command::Known(args) if args.fleet => notifier::fleet::cli::known(args).await,
             Command::Known(args) => notifier::known::run(args),
             Command::Fleet { command: FleetCommand::Init { config } } => {
@@ -42,13 +51,16 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => success,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_status(&e))
         }
     }
 }
+
+/// `notifier status` when the daemon is not running (as `systemctl status` and LSB init scripts).
+const NOT_RUNNING: u8 = 3;
 
 /// The exit status for an error, by the sysexits convention, so that systemd can tell what a
 /// restart cannot fix (the unit's `RestartPreventExitStatus=`): 78 for a config error, 77 for

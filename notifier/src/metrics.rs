@@ -121,6 +121,11 @@ impl Metrics {
         self.alerts_pending.get_or_create(&SinkLabel { sink: sink.into() }).set(n as i64);
     }
 
+    /// The alerts waiting in the spool of `sink`, as its task last counted them.
+    pub fn pending_of(&self, sink: &str) -> usize {
+        usize::try_from(self.alerts_pending.get_or_create(&SinkLabel { sink: sink.into() }).get()).unwrap_or(0)
+    }
+
     pub fn attached(&self, libpam: &Path, probes: usize) {
         self.probes_attached.get_or_create(&LibpamLabel { libpam: libpam.display().to_string() }).set(probes as i64);
     }

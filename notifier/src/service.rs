@@ -28,6 +28,11 @@ pub fn reloading() {
     notify(&states);
 }
 
+/// The one line `systemctl status` shows under the unit.
+pub fn status(text: &str) {
+    notify(&[NotifyState::Status(text)]);
+}
+
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);
 }

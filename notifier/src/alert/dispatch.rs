@@ -15,7 +15,7 @@ use tracing::warn;
 use super::{
     ratelimit::{self, Limiter},
     sink::{BuildError, Sink},
-    spool::{self, now_ms, Entry, RetryPolicy, SinkHealth, Spool},
+    spool::{self, now_ms, Entry, Job, RetryPolicy, SinkHealth, Spool},
     Alert, AlertKind,
 };
 use crate::{
@@ -30,7 +30,7 @@ struct Handle {
     name: String,
     when: When,
     spool: Spool,
-    tx: mpsc::Sender<Entry>,
+    tx: mpsc::Sender<Job>,
 }
 
 pub struct Dispatcher {
@@ -167,8 +167,23 @@ impl Dispatcher {
                 }
                 _ => {}
             }
-            if sink.tx.try_send(entry).is_err() {
-                warn!(sink = %sink.name, "Sink queue full; the alert stays in the spool and is sent after the next restart.");
+            if sink.tx.try_send(Job::Deliver(Box::new(entry))).is_err() {
+                warn!(sink = %sink.name, "Sink queue full; the alert stays in the spool and is sent after the next restart or SIGUSR1.");
+            }
+        }
+    }
+
+    /// The sinks' names, in the config's order.
+    pub fn sink_names(&self) -> impl Iterator<Item = &str> {
+        self.sinks.iter().map(|s| s.name.as_str())
+    }
+
+    /// SIGUSR1: every sink's task takes up what was put in its spool from outside (`notifier spool
+    /// retry`) and tries every pending alert now, without waiting out its backoff.
+    pub fn rescan(&self) {
+        for sink in &self.sinks {
+            if sink.tx.try_send(Job::Rescan).is_err() {
+                warn!(sink = %sink.name, "Sink queue full; the spool is not looked at again this time.");
             }
         }
     }

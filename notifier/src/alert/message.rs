@@ -90,15 +90,11 @@ pub fn for_people(a: &Alert) -> Alert {
 /// `[:]//` and `www.` becomes `www[.]`, so that no client makes a link of it, and `@` becomes the
 /// full-width `＠`, so that no chat service makes a mention of it.
 pub fn neutralize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '@' => out.push('＠'),
-            c if c.is_control() || crate::event::is_deceptive(c) => out.push_str(&c.escape_unicode().to_string()),
-            c => out.push(c),
-        }
-    }
-    out.replace("://", "[:]//").replace("www.", "www[.]").replace("WWW.", "WWW[.]")
+    crate::event::printable(s)
+        .replace('@', "＠")
+        .replace("://", "[:]//")
+        .replace("www.", "www[.]")
+        .replace("WWW.", "WWW[.]")
 }
 
 /// "alice logged in to web-1 from 203.0.113.7:52144 (Auckland, NZ, AS64500) with publickey

@@ -112,31 +112,78 @@ impl Spool {
         entries
     }
 
-    /// Appends to the dead-letter file (mode 0600).
+    /// Appends to the dead-letter file (mode 0600), under its lock.
     pub fn dead(&self, sink: &str, entry: &Entry, reason: &str) -> io::Result<()> {
-        let line = serde_json::json!({
-            "time": crate::clock::format_time(i128::from(now_ms()) * 1_000_000),
-            "sink": sink,
-            "reason": reason,
-            "attempts": entry.attempts,
-            "alert": entry.alert,
-        });
-        let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.dead_letter)?;
-        writeln!(f, "{line}")?;
-        f.sync_all()?;
+        let letter = DeadLetter {
+            time: crate::clock::format_time(i128::from(now_ms()) * 1_000_000),
+            sink: sink.into(),
+            reason: reason.into(),
+            attempts: entry.attempts,
+            alert: entry.alert.clone(),
+        };
+        let mut line = serde_json::to_vec(&letter).map_err(io::Error::other)?;
+        line.push(b'\n');
+        for attempt in 0.. {
+            let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.dead_letter)?;
+            f.lock()?;
+            // `notifier spool retry` replaces the file under the same lock: append to the new one.
+            if !same_file(&f, &self.dead_letter) && attempt < 10 {
+                continue;
+            }
+            f.write_all(&line)?;
+            f.sync_all()?;
+            break;
+        }
         self.remove(&entry.alert.id)
     }
+}
+
+/// `f` is still the file at `path` (not replaced since it was opened).
+pub fn same_file(f: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (f.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// One line of `state_dir/dead-letter.jsonl`: an alert given up on, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub time: String,
+    pub sink: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub alert: Alert,
 }
 
 /// What a sink task reports to the daemon about its health.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SinkHealth {
     pub sink: String,
-    /// How long the oldest pending alert has been failing.
-    pub failing_for: Duration,
-    pub last_error: String,
+    pub state: SinkState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkState {
+    /// An alert was delivered.
+    Delivered,
+    /// An attempt failed; the alert stays spooled. `for_`: how long this alert has been failing.
+    Failing { for_: Duration, error: String },
+    /// The service refused an alert for good; it is a dead letter (a bad token, a bad request).
+    Refused { error: String },
     /// The service refuses every alert until an outside limit resets (`SinkError::Exhausted`).
-    pub stopped: bool,
+    Stopped { error: String },
+}
+
+/// What the dispatcher hands a sink's task.
+#[derive(Debug)]
+pub enum Job {
+    /// A new alert, already spooled.
+    Deliver(Box<Entry>),
+    /// Look in the spool for alerts put there from outside (`notifier spool retry`), and try every
+    /// pending alert now (SIGUSR1).
+    Rescan,
 }
 
 /// Delivers a sink's alerts until the channel closes and nothing is pending.
@@ -145,7 +192,7 @@ pub async fn deliver(
     sink: Arc<Sink>,
     spool: Spool,
     policy: RetryPolicy,
-    mut rx: mpsc::Receiver<Entry>,
+    mut rx: mpsc::Receiver<Job>,
     health: mpsc::UnboundedSender<SinkHealth>,
     metrics: Arc<Metrics>,
 ) {
@@ -155,9 +202,10 @@ pub async fn deliver(
         info!(sink = %name, count = pending.len(), "Delivering alerts spooled before the last stop.");
     }
     let mut open = true;
-    // The alerts loaded from the spool at start and since delivered or given up on.
+    // The alerts loaded from the spool (at start or by a rescan) and since delivered or given up
+    // on: their own `Deliver` may still be on its way.
     let mut done: Vec<String> = Vec::new();
-    let loaded: std::collections::HashSet<String> = pending.iter().map(|e| e.alert.id.clone()).collect();
+    let mut loaded: std::collections::HashSet<String> = pending.iter().map(|e| e.alert.id.clone()).collect();
     // Until when the receiver asked for a pause (`Retry-After`): nothing is sent to it before.
     let mut paused_until = 0;
     loop {
@@ -183,6 +231,7 @@ pub async fn deliver(
                         done.push(entry.alert.id.clone());
                     }
                     pending.remove(i);
+                    let _ = health.send(SinkHealth { sink: name.clone(), state: SinkState::Delivered });
                     continue;
                 }
                 Err(SinkError::Permanent(e)) => {
@@ -191,6 +240,8 @@ pub async fn deliver(
                     Metrics::sink(&metrics.alerts_failed, &name);
                     Metrics::sink(&metrics.alerts_dead, &name);
                     pending.remove(i);
+                    let state = SinkState::Refused { error: e.to_string() };
+                    let _ = health.send(SinkHealth { sink: name.clone(), state });
                     continue;
                 }
                 Err(SinkError::Exhausted(e)) => {
@@ -199,13 +250,8 @@ pub async fn deliver(
                     Metrics::sink(&metrics.alerts_failed, &name);
                     Metrics::sink(&metrics.alerts_dead, &name);
                     pending.remove(i);
-                    let last_error = e.to_string();
-                    let _ = health.send(SinkHealth {
-                        sink: name.clone(),
-                        failing_for: Duration::ZERO,
-                        last_error,
-                        stopped: true,
-                    });
+                    let state = SinkState::Stopped { error: e.to_string() };
+                    let _ = health.send(SinkHealth { sink: name.clone(), state });
                     continue;
                 }
                 Err(SinkError::Transient(e)) => (e, None),
@@ -235,8 +281,8 @@ pub async fn deliver(
             if let Err(err) = spool.put(entry) {
                 warn!(sink = %name, error = %err, "Could not update the spool file.");
             }
-            let last_error = e.to_string();
-            let _ = health.send(SinkHealth { sink: name.clone(), failing_for: age, last_error, stopped: false });
+            let state = SinkState::Failing { for_: age, error: e.to_string() };
+            let _ = health.send(SinkHealth { sink: name.clone(), state });
             i += 1;
         }
         metrics.pending(&name, pending.len());
@@ -248,9 +294,23 @@ pub async fn deliver(
         tokio::select! {
             msg = rx.recv(), if open => match msg {
                 // An alert submitted before this task first ran was in the spool it loaded too.
-                Some(entry) if pending.iter().any(|p| p.alert.id == entry.alert.id) || done.contains(&entry.alert.id) => {}
-                Some(entry) => {
-                    pending.push(entry);
+                Some(Job::Deliver(entry)) if pending.iter().any(|p| p.alert.id == entry.alert.id) || done.contains(&entry.alert.id) => {}
+                Some(Job::Deliver(entry)) => {
+                    pending.push(*entry);
+                    metrics.pending(&name, pending.len());
+                }
+                Some(Job::Rescan) => {
+                    let now = now_ms();
+                    for entry in spool.load() {
+                        if !pending.iter().any(|p| p.alert.id == entry.alert.id) {
+                            loaded.insert(entry.alert.id.clone());
+                            pending.push(entry);
+                        }
+                    }
+                    for entry in &mut pending {
+                        entry.next_ms = entry.next_ms.min(now);
+                    }
+                    info!(sink = %name, count = pending.len(), "Trying every pending alert now.");
                     metrics.pending(&name, pending.len());
                 }
                 None => open = false,

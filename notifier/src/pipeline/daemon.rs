@@ -11,7 +11,12 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    alert::{self, dispatch::Dispatcher, spool::SinkHealth, AlertKind},
+    alert::{
+        self,
+        dispatch::Dispatcher,
+        spool::{SinkHealth, SinkState},
+        AlertKind,
+    },
     clock,
     config::Config,
     enrich::{geo::GeoDb, rdns::Rdns, Enricher},
@@ -22,6 +27,8 @@ use crate::{
     policy::Judge,
     state::history::Store,
 };
+
+use super::status::Tracker;
 
 /// The shortest time between two health alerts about lost records of root's processes.
 const TRUSTED_LOSS_EVERY: Duration = Duration::from_secs(60);
@@ -48,6 +55,8 @@ pub struct Daemon {
     pub fleet: Option<Fleet>,
     pub metrics: Arc<Metrics>,
     pub host: String,
+    /// What `notifier status` and `systemctl status` show.
+    pub tracker: Tracker,
     /// Sinks already reported as failing.
     failing_reported: BTreeSet<String>,
     /// When a loss of root's records was last alerted (at most one a minute), and a loss of
@@ -77,7 +86,10 @@ impl Daemon {
             info!("No [[sink]] configured: alerts are only marked in the output.");
         }
         let fleet = crate::fleet::start(&config, &host, metrics.clone()).await?;
+        let mut tracker = Tracker::new(config.state_dir.clone(), host.clone(), config_path.clone(), fleet.is_some());
+        tracker.sinks(dispatcher.sink_names());
         Ok(Daemon {
+            tracker,
             fleet,
             enricher: Enricher::new(geo),
             rdns: Rdns::new(&config.rdns),
@@ -175,27 +187,36 @@ impl Daemon {
         }
     }
 
-    pub fn attached(&self, probes: &Probes) {
+    pub fn attached(&mut self, probes: &Probes) {
         for (path, n) in &probes.attached {
             self.metrics.attached(path, *n);
         }
+        self.tracker.probes(probes);
     }
 
-    /// A sink's task reports failing deliveries: one health alert per sink past the threshold.
+    /// A sink's task reports a delivery or a failure: one health alert per sink past the
+    /// threshold, and again only after it delivered in between.
     pub fn sink_health(&mut self, h: SinkHealth) {
-        if h.stopped {
-            if self.failing_reported.insert(h.sink.clone()) {
-                self.health(format!(
-                    "alert sink {} cannot deliver until its service's limit resets: {}",
-                    h.sink, h.last_error
-                ));
+        self.tracker.sink(&h);
+        let text = match &h.state {
+            SinkState::Delivered => {
+                self.failing_reported.remove(&h.sink);
+                return;
             }
-            return;
-        }
-        let threshold = self.config.alerts.health_sink_failing;
-        if !threshold.is_zero() && h.failing_for >= threshold && self.failing_reported.insert(h.sink.clone()) {
-            let text =
-                format!("alert sink {} has been failing for {} s: {}", h.sink, h.failing_for.as_secs(), h.last_error);
+            // Logged as the alert became a dead letter, and shown by `notifier status`.
+            SinkState::Refused { .. } => return,
+            SinkState::Stopped { error } => {
+                format!("alert sink {} cannot deliver until its service's limit resets: {error}", h.sink)
+            }
+            SinkState::Failing { for_, error } => {
+                let threshold = self.config.alerts.health_sink_failing;
+                if threshold.is_zero() || *for_ < threshold {
+                    return;
+                }
+                format!("alert sink {} has been failing for {} s: {error}", h.sink, for_.as_secs())
+            }
+        };
+        if self.failing_reported.insert(h.sink.clone()) {
             self.health(text);
         }
     }
@@ -203,6 +224,7 @@ impl Daemon {
     /// Events were lost: a health alert each time root's records are (at most one a minute);
     /// for users' records, which a user can flood, at most one per cooldown.
     pub fn lost(&mut self, lost: &LostEvent) {
+        self.tracker.lost(lost.total);
         if !self.config.alerts.health_events_lost {
             return;
         }
@@ -233,6 +255,7 @@ impl Daemon {
         if self.config.alerts.health_stopping {
             self.health("notifier is stopping: logins are no longer watched".into());
         }
+        self.tracker.stopped(&self.metrics);
         if let Some(f) = self.fleet {
             f.stop().await;
         }
@@ -286,6 +309,7 @@ impl Daemon {
             let fresh =
                 Dispatcher::start(&new.sinks, &new.alerts, &new.state_dir, self.host.clone(), self.metrics.clone())?;
             std::mem::replace(&mut self.dispatcher, fresh).abort();
+            self.tracker.sinks(self.dispatcher.sink_names());
         }
         if new.rdns != self.config.rdns {
             self.rdns = Rdns::new(&new.rdns);

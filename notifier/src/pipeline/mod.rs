@@ -12,6 +12,7 @@
 
 mod daemon;
 mod loss;
+pub mod status;
 
 use std::time::Instant;
 
@@ -87,6 +88,7 @@ impl Pipeline {
                 shared.push(fleet_event(&d.host, &judgement));
             }
             count(d, &judgement);
+            d.tracker.judged(&judgement);
             if !self.stdout.emit(Output::Judged(judgement), d.rdns.as_ref())? {
                 return Ok(false);
             }
@@ -102,15 +104,19 @@ impl Pipeline {
     pub async fn run_until_stopped(mut self, mut probes: Probes, ctx: HostContext) -> anyhow::Result<()> {
         let mut source = Source::new(&mut probes)?;
         let mut capture = capture::live(ctx, probes.sshd.ids.clone());
-        if let Some(d) = &self.daemon {
+        if let Some(d) = &mut self.daemon {
             d.attached(&probes);
         }
         let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        // Only `run` reloads; `watch` keeps SIGHUP's default (a closed terminal ends it).
-        let mut sighup: Option<Signal> = match self.daemon {
-            Some(_) => Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?),
-            None => None,
+        // Only `run` reloads (SIGHUP) and retries its spool (SIGUSR1); `watch` keeps their
+        // defaults (a closed terminal ends it).
+        let (mut sighup, mut sigusr1): (Option<Signal>, Option<Signal>) = match self.daemon {
+            Some(_) => (
+                Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?),
+                Some(signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?),
+            ),
+            None => (None, None),
         };
         // Said only now that a SIGTERM stops it cleanly (the handlers are in place).
         info!(
@@ -130,6 +136,7 @@ impl Pipeline {
             let capture_due = capture.next_deadline();
             let loss_due = losses.due();
             let summary_due = self.daemon.as_ref().and_then(|d| d.dispatcher.summary_due());
+            let status_due = self.daemon.as_ref().and_then(|d| d.tracker.due());
             // Disjoint borrows for the branches below (an async block would borrow all of `self`).
             let (daemon, stdout) = (&mut self.daemon, &mut self.stdout);
             tokio::select! {
@@ -145,6 +152,12 @@ impl Pipeline {
                 _ = sleep_until(summary_due), if summary_due.is_some() => {
                     if let Some(d) = daemon.as_mut() {
                         d.dispatcher.roll();
+                    }
+                    continue;
+                }
+                _ = sleep_until(status_due), if status_due.is_some() => {
+                    if let Some(d) = daemon.as_mut() {
+                        d.tracker.write(&d.metrics);
                     }
                     continue;
                 }
@@ -175,6 +188,12 @@ impl Pipeline {
                     service::ready("watching PAM logins");
                     continue;
                 }
+                Some(()) = async { sigusr1.as_mut()?.recv().await }, if !stopping => {
+                    if let Some(d) = daemon.as_mut() {
+                        d.dispatcher.rescan();
+                    }
+                    continue;
+                }
                 res = source.next_batch(&mut records), if !stopping => res.context("reading the ring buffer")?,
                 _ = sigterm.recv(), if !stopping => stopping = true,
                 _ = sigint.recv(), if !stopping => stopping = true,
@@ -193,6 +212,9 @@ impl Pipeline {
                     // A container started: its libpam and sshd are attached before its logins.
                     if let Some(added) = loader::attach_root(&mut probes, record.tgid()) {
                         capture.add_sshd_ids(&added.sshd_ids);
+                        if let Some(d) = &mut self.daemon {
+                            d.attached(&probes);
+                        }
                     }
                     continue;
                 }

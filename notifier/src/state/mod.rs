@@ -1,6 +1,8 @@
-//! Durable state: the learned login history, and the alert spool's layout on disk.
+//! Durable state: the learned login history, the alert spool's layout on disk, and the running
+//! daemon's status file.
 pub mod history;
 pub mod spool;
+pub mod status;
 
 use std::{
     fs::{self, File, OpenOptions},

@@ -11,7 +11,7 @@ pub fn root(state_dir: &Path) -> PathBuf {
 
 /// The spool of the sink called `name`: `state_dir/spool/<name>`, with the name made safe.
 pub fn sink_dir(state_dir: &Path, name: &str) -> PathBuf {
-    root(state_dir).join(safe(name, &['-', '_']))
+    root(state_dir).join(dir_name(name))
 }
 
 /// The file of one pending alert in a sink's spool.
@@ -26,11 +26,27 @@ pub fn dead_letter(state_dir: &Path) -> PathBuf {
 
 /// Pending alerts in every sink's spool under `state_dir`.
 pub fn pending(state_dir: &Path) -> usize {
-    let Ok(dirs) = std::fs::read_dir(root(state_dir)) else { return 0 };
-    dirs.flatten()
-        .filter_map(|d| std::fs::read_dir(d.path()).ok())
-        .map(|files| files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "json")).count())
-        .sum()
+    pending_by_dir(state_dir).iter().map(|(_, n)| n).sum()
+}
+
+/// Pending alerts in each sink's spool directory, by the directory's name (see [`dir_name`]).
+pub fn pending_by_dir(state_dir: &Path) -> Vec<(String, usize)> {
+    let Ok(dirs) = std::fs::read_dir(root(state_dir)) else { return Vec::new() };
+    let mut counts: Vec<(String, usize)> = dirs
+        .flatten()
+        .filter_map(|d| {
+            let files = std::fs::read_dir(d.path()).ok()?;
+            let n = files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "json")).count();
+            Some((d.file_name().to_string_lossy().into_owned(), n))
+        })
+        .collect();
+    counts.sort();
+    counts
+}
+
+/// The name of the spool directory of the sink called `name`.
+pub fn dir_name(name: &str) -> String {
+    safe(name, &['-', '_'])
 }
 
 /// ASCII letters, digits and the characters in `keep` stay; everything else becomes `_`.

@@ -11,6 +11,7 @@ use std::{
 
 use hmac::{Hmac, Mac as _};
 use notifier_tests::*;
+use serde_json::json;
 
 use super::{pam_driver, wait_for, WAIT};
 
@@ -760,4 +761,113 @@ fn syslog_on_a_local_socket_reaches_a_real_rsyslog_with_program_facility_and_sev
     let fields: Vec<&str> = line.splitn(5, '|').collect();
     assert_eq!(fields[..4], ["notifier", &n.pid().to_string(), "authpriv", "warning"], "{line}");
     assert!(fields[4].contains("198.51.100.6") && fields[4].contains(r#"verdict="first_login""#), "{line}");
+}
+
+/// `notifier ARGS --config CONFIG`: its exit code and stdout (stderr on failure, for the message).
+fn notifier_cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(notifier_bin()).args(args).arg("--config").arg(config).output().expect("running notifier");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// `notifier status --json` until `done` holds for it (the daemon writes within a second).
+fn status_until(config: &Path, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, out, err) = notifier_cli(config, &["status", "--json"]);
+        let status: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}{err}"));
+        if done(&status) || std::time::Instant::now() > deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn status_shows_probes_last_login_sinks_and_spool_and_retry_resends_a_dead_letter() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let ok = HttpReceiver::start();
+    let picky = HttpReceiver::start();
+    picky.respond_with(&[400]);
+    let service = PamService::permit("ntstatus");
+    let a = AlertLab::new(&format!(
+        "[[sink]]\nname = \"ok\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+         [[sink]]\nname = \"picky\"\ntype = \"webhook\"\nurl = \"{}\"",
+        ok.url("/hook"),
+        picky.url("/hook")
+    ));
+    let config = &a.d.config;
+    let (code, out, _) = notifier_cli(config, &["status"]);
+    assert_eq!(code, 3, "not running yet: {out}");
+    assert!(out.starts_with("notifier is not running (it has not run with state_dir"), "{out}");
+    assert!(out.contains("sink picky: not running; 0 pending, 0 dead letters"), "{out}");
+
+    let n = Notifier::run(config);
+    a.login(&service, "statususer", "198.51.100.77", 1);
+    wait_for(&n, "statususer", "session_open");
+    let s = status_until(config, |s| {
+        s["status"]["sinks"][1]["failing"].is_object() && s["status"]["sinks"][0]["delivered"] == 1
+    });
+    assert_eq!(s["running"], true, "{s:#}");
+    let st = &s["status"];
+    assert_eq!(st["pid"], n.pid(), "{s:#}");
+    let libpam = a.d.lab.path("libpam.so.0");
+    let probes = st["probes"].as_array().expect("probes");
+    assert!(
+        probes.iter().any(|p| p["role"] == "libpam"
+            && p["probes"].as_u64() >= Some(10)
+            && fs::canonicalize(p["file"].as_str().unwrap()).ok() == fs::canonicalize(&libpam).ok()),
+        "the private libpam with its probes: {s:#}"
+    );
+    let last = &st["last_event"];
+    assert_eq!(
+        (&last["user"], &last["service"], &last["rhost"]),
+        (&json!("statususer"), &json!(service.name), &json!("198.51.100.77")),
+        "{s:#}"
+    );
+    assert_eq!(st["sinks"][0]["name"], "ok");
+    assert!(st["sinks"][0]["failing"].is_null(), "{s:#}");
+    assert_eq!(st["sinks"][1]["name"], "picky");
+    assert!(st["sinks"][1]["failing"]["error"].as_str().unwrap().contains("400"), "{s:#}");
+    assert_eq!(s["spool"]["dead_letters"], json!([["picky", 1]]), "{s:#}");
+
+    let (code, text, _) = notifier_cli(config, &["status"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with(&format!("notifier is running: pid {},", n.pid())), "{text}");
+    assert!(text.contains(&format!(" statususer from 198.51.100.77 ({})", service.name)), "{text}");
+    assert!(text.contains("spool:       0 alerts pending, 1 dead letter (notifier spool list)"), "{text}");
+    assert!(text.contains("sink ok: ok, 1 delivered"), "{text}");
+    assert!(text.contains("sink picky: failing since"), "{text}");
+
+    // The dead letter, listed and sent again; the receiver now takes it, and the daemon says so.
+    let (_, list, _) = notifier_cli(config, &["spool", "list", "--json"]);
+    let list: Value = serde_json::from_str(&list).expect("spool list --json");
+    assert_eq!(list["pending"], json!([]), "{list:#}");
+    let dead = &list["dead_letters"][0];
+    assert_eq!((&dead["sink"], &dead["alert"]["user"]), (&json!("picky"), &json!("statususer")), "{list:#}");
+    let id = dead["alert"]["id"].as_str().expect("alert id").to_string();
+    let (_, text, _) = notifier_cli(config, &["spool", "list"]);
+    assert!(text.contains(&format!("  {id}  picky  ")) && text.contains("HTTP 400"), "{text}");
+    let (code, _, err) = notifier_cli(config, &["spool", "retry", "no-such-id"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no dead letter to send again (not found: no-such-id)"), "{err}");
+    let (code, out, err) = notifier_cli(config, &["spool", "retry", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("1 dead letter put back in the spool; notifier (pid {}) is delivering it now.\n", n.pid()));
+    let reqs = picky.wait(WAIT, |r| r.len() == 2);
+    assert_eq!(reqs.iter().map(|r| r.status).collect::<Vec<_>>(), [400, 200]);
+    assert_eq!(reqs[1].json()["event"]["user"], "statususer");
+    assert_eq!(reqs[0].header("idempotency-key"), reqs[1].header("idempotency-key"), "the same alert");
+    assert_eq!(fs::read_to_string(a.d.state("dead-letter.jsonl")).expect("dead letters"), "");
+    let s = status_until(config, |s| s["status"]["sinks"][1]["delivered"] == 1);
+    assert!(s["status"]["sinks"][1]["failing"].is_null(), "delivered since: {s:#}");
+    assert_eq!(s["spool"]["dead_letters"], json!([]), "{s:#}");
+    assert_eq!(ok.requests().len(), 1, "the other sink is not sent it again");
+
+    n.terminate();
+    let (code, text, _) = notifier_cli(config, &["status"]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.starts_with("notifier is not running (stopped at "), "{text}");
 }

@@ -118,14 +118,19 @@ fn unit_verifies_and_each_capability_it_grants_is_needed() {
 
 /// Datagrams on a NOTIFY_SOCKET until one contains `want`; returns them all.
 fn notifications_until(sock: &UnixDatagram, want: &str) -> Vec<String> {
+    notifications_until_line(sock, want, |l| l == want)
+}
+
+/// Datagrams on a NOTIFY_SOCKET until one has a line for which `done` holds.
+fn notifications_until_line(sock: &UnixDatagram, want: &str, done: impl Fn(&str) -> bool) -> Vec<String> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no {want} (got {seen:?}): {e}"));
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let done = msg.lines().any(|l| l == want);
+        let found = msg.lines().any(&done);
         seen.push(msg);
-        if done {
+        if found {
             return seen;
         }
     }
@@ -152,6 +157,12 @@ fn sd_notify_ready_after_attach_then_watchdog_reload_and_stopping() {
     let first = notifications_until(&sock, "READY=1");
     assert_eq!(first.len(), 1, "READY=1 is the first message: {first:?}");
     assert!(n.stderr().contains("Probes attached."), "READY only once attached: {}", n.stderr());
+    // What `systemctl status` shows: the probes, the events, the spool.
+    let status =
+        notifications_until_line(&sock, "STATUS=watching logins: …", |l| l.starts_with("STATUS=watching logins: "));
+    let line = status.last().and_then(|m| m.lines().find(|l| l.starts_with("STATUS="))).unwrap_or_default().to_string();
+    let probes: usize = line["STATUS=watching logins: ".len()..].split(' ').next().unwrap_or("").parse().unwrap_or(0);
+    assert!(probes >= 10 && line.contains(" files; ") && line.contains(" alerts pending"), "{line}");
     // WatchdogSec=200ms: pinged every 100 ms.
     let start = Instant::now();
     notifications_until(&sock, "WATCHDOG=1");
