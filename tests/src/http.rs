@@ -12,6 +12,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The status the receiver answered with.
     pub status: u16,
+    /// Which of the service's rules the request broke (it was answered with 400).
+    pub rejected: Option<String>,
     /// When the request was read.
     pub received: std::time::SystemTime,
 }
@@ -25,38 +27,26 @@ impl Request {
     }
     /// The body as `application/x-www-form-urlencoded` pairs.
     pub fn form(&self) -> Vec<(String, String)> {
-        let decode = |s: &str| {
-            let s = s.replace('+', " ");
-            let mut out = Vec::new();
-            let bytes = s.as_bytes();
-            let mut i = 0;
-            while i < bytes.len() {
-                if bytes[i] == b'%' && i + 2 < bytes.len() {
-                    if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                }
-                out.push(bytes[i]);
-                i += 1;
-            }
-            String::from_utf8_lossy(&out).into_owned()
-        };
-        String::from_utf8_lossy(&self.body)
-            .split('&')
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (decode(k), decode(v))))
-            .collect()
+        form_urlencoded::parse(&self.body).into_owned().collect()
     }
 }
 
 /// An HTTP/1.1 receiver on 127.0.0.1 that records every request and answers with scripted
-/// statuses (then 200).
+/// statuses (then 200). A request to a known service's path must follow that service's rules
+/// ([`crate::rules`]), or gets its 400.
 pub struct HttpReceiver {
     pub port: u16,
-    requests: Arc<Mutex<Vec<Request>>>,
-    script: Arc<Mutex<std::collections::VecDeque<u16>>>,
+    shared: Arc<Shared>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the receiver's threads share.
+#[derive(Default)]
+struct Shared {
+    requests: Mutex<Vec<Request>>,
+    script: Mutex<std::collections::VecDeque<u16>>,
+    /// Pushover's monthly quota: messages it accepts before every further one gets 429.
+    pushover_quota: Mutex<Option<usize>>,
 }
 
 impl HttpReceiver {
@@ -72,22 +62,27 @@ impl HttpReceiver {
     fn on(listener: TcpListener) -> Self {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let script = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let shared = Arc::new(Shared::default());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (reqs, scr, stopped) = (Arc::clone(&requests), Arc::clone(&script), Arc::clone(&stop));
+        let (state, stopped) = (Arc::clone(&shared), Arc::clone(&stop));
         std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (reqs, scr) = (Arc::clone(&reqs), Arc::clone(&scr));
-                        std::thread::spawn(move || serve(stream, &reqs, &scr));
+                        let state = Arc::clone(&state);
+                        std::thread::spawn(move || serve(stream, &state));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-        Self { port, requests, script, stop }
+        Self { port, shared, stop }
+    }
+
+    /// As Pushover does once an application's monthly messages are spent: after `accepted`
+    /// messages, a 429 with `X-Limit-App-Remaining: 0` for every one.
+    pub fn pushover_quota(&self, accepted: usize) {
+        *self.shared.pushover_quota.lock().expect("lock") = Some(accepted);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -96,19 +91,19 @@ impl HttpReceiver {
 
     /// The next responses' statuses, in order (200 after them).
     pub fn respond_with(&self, statuses: &[u16]) {
-        self.script.lock().expect("lock").extend(statuses);
+        self.shared.script.lock().expect("lock").extend(statuses);
     }
 
     /// Drops the statuses not yet used (from now on every answer is 200); returns how many.
     pub fn clear_script(&self) -> usize {
-        let mut script = self.script.lock().expect("lock");
+        let mut script = self.shared.script.lock().expect("lock");
         let n = script.len();
         script.clear();
         n
     }
 
     pub fn requests(&self) -> Vec<Request> {
-        self.requests.lock().expect("lock").clone()
+        self.shared.requests.lock().expect("lock").clone()
     }
 
     /// Waits until `done` holds for the requests so far, or `timeout` passes.
@@ -130,11 +125,7 @@ impl Drop for HttpReceiver {
     }
 }
 
-pub(crate) fn serve(
-    mut stream: std::net::TcpStream,
-    reqs: &Mutex<Vec<Request>>,
-    script: &Mutex<std::collections::VecDeque<u16>>,
-) {
+fn serve(mut stream: std::net::TcpStream, shared: &Shared) {
     use std::io::{Read as _, Write as _};
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
@@ -163,23 +154,62 @@ pub(crate) fn serve(
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
-    let status = script.lock().ok().and_then(|mut s| s.pop_front()).unwrap_or(200);
-    reqs.lock().expect("lock").push(Request {
+    // A scripted status first; else the service's own rules, and Pushover's quota.
+    let service = crate::rules::Service::of(&path);
+    let mut reason = None;
+    let mut extra = String::new();
+    let status = match shared.script.lock().expect("lock").pop_front() {
+        Some(status) => status,
+        None => match service.map(|s| crate::rules::check(s, &headers, &body)) {
+            Some(Err(why)) => {
+                reason = Some(why);
+                400
+            }
+            _ if service == Some(crate::rules::Service::Pushover) => {
+                let quota = *shared.pushover_quota.lock().expect("lock");
+                let requests = shared.requests.lock().expect("lock");
+                let accepted = requests.iter().filter(|r| r.status == 200 && r.path == path).count();
+                drop(requests);
+                match quota {
+                    Some(limit) if accepted >= limit => {
+                        reason = Some("application has exceeded its monthly message limit".into());
+                        extra = format!("X-Limit-App-Limit: {limit}\r\nX-Limit-App-Remaining: 0\r\n");
+                        429
+                    }
+                    Some(limit) => {
+                        extra = format!(
+                            "X-Limit-App-Limit: {limit}\r\nX-Limit-App-Remaining: {}\r\n",
+                            limit - accepted - 1
+                        );
+                        200
+                    }
+                    None => 200,
+                }
+            }
+            _ => 200,
+        },
+    };
+    let answer = match &reason {
+        _ if status == 200 => r#"{"status":1,"ok":true}"#.to_string(),
+        Some(why) => serde_json::json!({ "status": 0, "ok": false, "errors": [why], "description": why }).to_string(),
+        None => r#"{"status":0,"errors":["scripted"]}"#.to_string(),
+    };
+    shared.requests.lock().expect("lock").push(Request {
         method,
         path,
         headers,
         body,
         status,
+        rejected: reason,
         received: std::time::SystemTime::now(),
     });
-    let answer = if status == 200 { r#"{"status":1,"ok":true}"# } else { r#"{"status":0,"errors":["scripted"]}"# };
     // A scripted redirect points at another path of this receiver, as an http-to-https move would.
     let location = if (300..400).contains(&status) { "Location: /moved-here\r\n" } else { "" };
     // A scripted 429 asks for a 2 s pause, as Slack, Discord and Telegram do.
-    let retry_after = if status == 429 { "Retry-After: 2\r\n" } else { "" };
+    let retry_after = if status == 429 && extra.is_empty() { "Retry-After: 2\r\n" } else { "" };
     let _ = write!(
         stream,
-        "HTTP/1.1 {status} Scripted\r\n{location}{retry_after}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        "HTTP/1.1 {status} Scripted\r\n{location}{retry_after}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
         answer.len()
     );
 }

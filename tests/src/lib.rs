@@ -24,6 +24,7 @@ mod guards;
 mod http;
 mod mmdb;
 mod nats;
+pub mod rules;
 mod schema;
 mod smtp;
 mod sshd;

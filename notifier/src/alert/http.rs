@@ -141,8 +141,8 @@ impl HttpSink {
                 let mut form: Vec<(&str, String)> = vec![
                     ("token", token.0.clone()),
                     ("user", user_key.0.clone()),
-                    ("title", truncate(&msg.title, 250)),
-                    ("message", truncate(&msg.body, 1024)),
+                    ("title", truncate(&msg.title, PUSHOVER_TITLE_MAX)),
+                    ("message", truncate(&msg.body, PUSHOVER_MESSAGE_MAX)),
                     ("priority", priority.to_string()),
                 ];
                 // When it happened, not when a retry got through.
@@ -184,15 +184,15 @@ impl HttpSink {
                 let chat: serde_json::Value = chat_id.parse::<i64>().map_or_else(|_| json!(chat_id), |n| json!(n));
                 c.post(format!("{api_base}/bot{}/sendMessage", token.0)).json(&json!({
                     "chat_id": chat,
-                    "text": truncate(&format!("{}\n{}", msg.title, msg.body), 4096),
+                    "text": truncate_utf16(&format!("{}\n{}", msg.title, msg.body), TELEGRAM_MAX),
                     "link_preview_options": { "is_disabled": true },
                 }))
             }
-            Api::Slack { url } => {
-                c.post(&url.0).json(&json!({ "text": slack_escape(&format!("*{}*\n{}", msg.title, msg.body)) }))
-            }
+            Api::Slack { url } => c
+                .post(&url.0)
+                .json(&json!({ "text": slack_text(&format!("*{}*\n{}", msg.title, msg.body), SLACK_MAX) })),
             Api::Discord { url } => c.post(&url.0).json(&json!({
-                "content": truncate(&format!("**{}**\n{}", msg.title, msg.body), 2000),
+                "content": truncate_utf16(&format!("**{}**\n{}", msg.title, msg.body), DISCORD_MAX),
                 "allowed_mentions": { "parse": [] },
             })),
             Api::Webhook { url, headers, secret } => {
@@ -267,6 +267,13 @@ impl HttpSink {
 
 /// ntfy's limit on a message, in bytes; longer ones become attachments.
 const NTFY_MAX_BYTES: usize = 4096;
+/// Each service's documented limits on a message.
+const PUSHOVER_TITLE_MAX: usize = 250;
+const PUSHOVER_MESSAGE_MAX: usize = 1024;
+const TELEGRAM_MAX: usize = 4096;
+const DISCORD_MAX: usize = 2000;
+/// Slack truncates at 40,000 characters, but asks clients to keep to 4,000 (longer ones are split).
+const SLACK_MAX: usize = 4000;
 /// Pushover's minimum wait after a 5xx.
 const PUSHOVER_5XX_WAIT: Duration = Duration::from_secs(5);
 /// The longest `Retry-After` that is honoured as given; a longer one is cut to this.
@@ -338,25 +345,48 @@ fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// At most `max` bytes of UTF-8, cut at a character boundary and marked with `…`.
-fn truncate_bytes(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max - '\u{2026}'.len_utf8();
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\u{2026}", &s[..end])
+/// Slack's text, escaped, in at most `max` characters as sent (an escape is never cut).
+fn slack_text(s: &str, max: usize) -> String {
+    slack_escape(&cut(s, max, |c| match c {
+        '&' => "&amp;".len(),
+        '<' | '>' => "&lt;".len(),
+        _ => 1,
+    }))
 }
 
-fn truncate(s: &str, max_chars: usize) -> String {
-    if s.chars().count() <= max_chars {
+/// `s` whole if its length, summed by `len` per character, is at most `max`; else its longest
+/// start that fits with `…` after it. The services count in different units: bytes (ntfy),
+/// characters (Pushover), UTF-16 code units (Telegram and Discord, whose clients are JavaScript).
+fn cut(s: &str, max: usize, len: impl Fn(char) -> usize) -> String {
+    if s.chars().map(&len).sum::<usize>() <= max {
         return s.to_string();
     }
-    let mut t: String = s.chars().take(max_chars.saturating_sub(1)).collect();
-    t.push('\u{2026}');
-    t
+    let mut budget = max.saturating_sub(len('\u{2026}'));
+    let mut out = String::new();
+    for c in s.chars() {
+        match budget.checked_sub(len(c)) {
+            Some(left) => budget = left,
+            None => break,
+        }
+        out.push(c);
+    }
+    out.push('\u{2026}');
+    out
+}
+
+/// At most `max` bytes of UTF-8, cut at a character boundary and marked with `…`.
+fn truncate_bytes(s: &str, max: usize) -> String {
+    cut(s, max, char::len_utf8)
+}
+
+/// At most `max` characters, marked with `…` when cut.
+fn truncate(s: &str, max_chars: usize) -> String {
+    cut(s, max_chars, |_| 1)
+}
+
+/// At most `max` UTF-16 code units, marked with `…` when cut.
+fn truncate_utf16(s: &str, max: usize) -> String {
+    cut(s, max, char::len_utf16)
 }
 
 #[cfg(test)]
@@ -388,6 +418,21 @@ mod tests {
     fn slack_text_cannot_link_or_mention() {
         assert_eq!(slack_escape("<!channel> <http://x|y> & more"), "&lt;!channel&gt; &lt;http://x|y&gt; &amp; more");
         assert_eq!(truncate("abcdef", 4), "abc\u{2026}");
+        // An escape counts as what is sent, and is never cut in two.
+        assert_eq!(slack_text("a&b", 7), "a&amp;b");
+        assert_eq!(slack_text("a&bc", 7), "a&amp;\u{2026}");
+        assert_eq!(slack_text("a&bc", 6), "a\u{2026}");
+        let long = slack_text(&"<&>".repeat(5000), SLACK_MAX);
+        assert!(long.chars().count() <= SLACK_MAX && long.ends_with("&lt;\u{2026}"), "{}", long.chars().count());
+    }
+
+    #[test]
+    fn telegram_and_discord_count_utf16_units() {
+        // An emoji is one character but two UTF-16 units.
+        let cut = truncate_utf16(&"\u{1f600}".repeat(3000), DISCORD_MAX);
+        assert_eq!(cut.encode_utf16().count(), 1999);
+        assert_eq!(cut.chars().count(), 1000, "999 emoji and the ellipsis");
+        assert_eq!(truncate_utf16("ok", DISCORD_MAX), "ok");
     }
 
     #[test]

@@ -47,6 +47,10 @@ impl AlertLab {
     }
 }
 
+/// Pushover's application token and user key: 30 letters and digits, as its receiver checks.
+const PO_TOKEN: &str = "azGDORePK8gMaC0QOYAMyEEuzJnyUi";
+const PO_USER: &str = "uQiRzpo4DXghDmr9QzzfQu27cmVRsG";
+
 /// The email parsed by Python's `email` package under its strict policy (which raises on any
 /// defect): its `MIME-Version` and `Message-ID`.
 fn strict_email(raw: &str) -> Value {
@@ -191,6 +195,10 @@ command = ["{script}", "{out}"]
     assert!(parsed["message_id"].as_str().unwrap().ends_with("@web-test-1.example>"), "the sender's domain: {parsed}");
 
     let reqs = http.wait(WAIT, |r| r.len() >= 7);
+    // Every service's receiver found its rules kept (priority ranges, lengths, keys).
+    for r in &reqs {
+        assert_eq!((r.status, &r.rejected), (200, &None), "{} refused it", r.path);
+    }
     let by = |prefix: &str| {
         reqs.iter().find(|r| r.path.starts_with(prefix)).unwrap_or_else(|| panic!("no request to {prefix}: {reqs:?}"))
     };
@@ -556,12 +564,13 @@ fn a_429_is_waited_out_and_pushovers_quota_gives_one_health_alert_and_no_retries
     }
     let limited = HttpReceiver::start();
     limited.respond_with(&[429]);
+    // Pushover takes one message, then its monthly quota is spent.
     let pushover = HttpReceiver::start();
-    pushover.respond_with(&[429; 100]);
+    pushover.pushover_quota(1);
     let ops = HttpReceiver::start();
     let lab = AlertLab::new(&format!(
         "[[sink]]\nname = \"limited\"\ntype = \"webhook\"\nurl = \"{}\"\n\
-         [[sink]]\nname = \"phone\"\ntype = \"pushover\"\napi_base = \"{}\"\ntoken = \"t\"\nuser_key = \"u\"\n\
+         [[sink]]\nname = \"phone\"\ntype = \"pushover\"\napi_base = \"{}\"\ntoken = \"{PO_TOKEN}\"\nuser_key = \"{PO_USER}\"\n\
          [[sink]]\nname = \"ops\"\ntype = \"webhook\"\nurl = \"{}\"",
         limited.url("/hook"),
         pushover.url(""),
@@ -588,8 +597,9 @@ fn a_429_is_waited_out_and_pushovers_quota_gives_one_health_alert_and_no_retries
     let healths_later = ops.requests().iter().filter(|r| health(r)).count();
     assert_eq!(healths_later, 1, "{healths:?}");
     assert!(healths[0]["reason"].as_str().unwrap().contains("quota"), "{healths:?}");
-    let tries = pushover.requests().len();
-    assert!(tries <= 4, "{tries} requests to Pushover: three alerts and the health alert, no retries");
+    let tries: Vec<u16> = pushover.requests().iter().map(|r| r.status).collect();
+    assert!(tries.len() <= 4, "{tries:?}: three alerts and the health alert, no retries");
+    assert_eq!((tries[0], tries[1]), (200, 429), "one accepted, then the quota: {tries:?}");
     assert_eq!(ops.requests().iter().filter(|r| ours(r)).count(), 3);
     drop(n);
 }
@@ -870,4 +880,57 @@ fn status_shows_probes_last_login_sinks_and_spool_and_retry_resends_a_dead_lette
     let (code, text, _) = notifier_cli(config, &["status"]);
     assert_eq!(code, 3, "{text}");
     assert!(text.starts_with("notifier is not running (stopped at "), "{text}");
+}
+
+#[test]
+fn a_long_alert_is_cut_to_each_services_limits_and_every_service_accepts_it() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let http = HttpReceiver::start();
+    let base = http.url("");
+    // Title and body far over every limit, with characters that count double in UTF-16 (the
+    // emoji) or grow when escaped for Slack (& < >).
+    let title = "{% for i in range(120) %}{{ user }} \u{1f600} {% endfor %}";
+    let body = "{% for i in range(900) %}{{ user }} & <b> \u{1f600} {% endfor %}";
+    let templates = format!("title = \"{title}\"\nbody = \"{body}\"\n");
+    let a = AlertLab::new(&format!(
+        "[[sink]]\nname = \"po\"\ntype = \"pushover\"\napi_base = \"{base}/pushover\"\ntoken = \"{PO_TOKEN}\"\n\
+         user_key = \"{PO_USER}\"\npriority = 2\nretry = 60\nexpire = 3600\n{templates}\
+         [[sink]]\nname = \"ntfy\"\ntype = \"ntfy\"\nserver = \"{base}/ntfy\"\ntopic = \"logins_web-1\"\npriority = 5\n{templates}\
+         [[sink]]\nname = \"gotify\"\ntype = \"gotify\"\nserver = \"{base}/gotify\"\ntoken = \"AbC\"\npriority = 8\n{templates}\
+         [[sink]]\nname = \"tg\"\ntype = \"telegram\"\napi_base = \"{base}/tg\"\ntoken = \"1:A\"\nchat_id = \"-100\"\n{templates}\
+         [[sink]]\nname = \"slack\"\ntype = \"slack\"\nurl = \"{base}/slack/T/B/X\"\n{templates}\
+         [[sink]]\nname = \"discord\"\ntype = \"discord\"\nurl = \"{base}/discord/api/webhooks/1/t\"\n{templates}"
+    ));
+    let (code, _, err) = notifier_cli(&a.d.config, &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+    let n = Notifier::run(&a.d.config);
+    let service = PamService::permit("ntlong");
+    a.login(&service, "longuser", "198.51.100.55", 1);
+    wait_for(&n, "longuser", "session_open");
+    http.wait(WAIT, |r| r.len() >= 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let reqs: Vec<Request> = http.requests();
+    assert_eq!(reqs.len(), 6, "one request per service, none retried: {reqs:#?}");
+    for r in &reqs {
+        assert_eq!((r.status, &r.rejected), (200, &None), "{} refused it", r.path);
+    }
+    // Each was cut (the ellipsis), as close to its limit as the characters allow.
+    let by = |prefix: &str| reqs.iter().find(|r| r.path.starts_with(prefix)).expect(prefix);
+    let po = by("/pushover").form();
+    let field = |k: &str| po.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    assert_eq!((field("message").chars().count(), field("title").chars().count()), (1024, 250));
+    assert_eq!(field("priority"), "2");
+    let ntfy = by("/ntfy").json();
+    let message = ntfy["message"].as_str().unwrap();
+    assert!(message.len() > 4090 && message.ends_with('\u{2026}'), "{}", message.len());
+    let tg = by("/tg").json()["text"].as_str().unwrap().to_string();
+    assert!(tg.encode_utf16().count() >= 4094 && tg.ends_with('\u{2026}'), "{}", tg.encode_utf16().count());
+    let slack = by("/slack").json()["text"].as_str().unwrap().to_string();
+    assert!(slack.chars().count() > 3990 && slack.ends_with('\u{2026}'), "{}", slack.chars().count());
+    assert!(!slack.contains("<b>") && slack.contains("&lt;b&gt;"), "escaped");
+    let discord = by("/discord").json()["content"].as_str().unwrap().to_string();
+    assert!(discord.encode_utf16().count() >= 1998 && discord.ends_with('\u{2026}'));
+    assert_eq!(by("/gotify").json()["priority"], 8);
 }
