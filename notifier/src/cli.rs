@@ -57,18 +57,21 @@ pub enum Command {
         #[command(subcommand)]
         command: FleetCommand,
     },
-    /// Print the man page or a shell completion script (for packaging).
+    /// Print the man page or a shell completion script (for packaging); `man DIR` writes every
+    /// page into DIR.
     #[command(hide = true)]
     Generate {
         #[arg(value_enum)]
         what: Generated,
+        /// For `man`: write notifier.1 and a page per subcommand here.
+        dir: Option<PathBuf>,
     },
 }
 
 /// What `notifier generate` prints.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Generated {
-    /// The man page, notifier(1), in roff.
+    /// The man pages, notifier(1) and one per subcommand, in roff.
     Man,
     Bash,
     Zsh,
@@ -83,7 +86,7 @@ pub fn generate(what: Generated, out: &mut impl std::io::Write) -> std::io::Resu
     use clap_complete::Shell;
     let mut cmd = Cli::command();
     let shell = match what {
-        Generated::Man => return clap_mangen::Man::new(cmd).render(out),
+        Generated::Man => return crate::manpage::main_page(out),
         Generated::Bash => Shell::Bash,
         Generated::Zsh => Shell::Zsh,
         Generated::Fish => Shell::Fish,

@@ -22,6 +22,7 @@ pub mod id;
 pub mod journal;
 pub mod known;
 pub mod loader;
+pub mod manpage;
 pub mod metrics;
 #[cfg(test)]
 mod module_graph;

@@ -37,7 +37,13 @@ fn main() -> ExitCode {
                 notifier::fleet::cli::init(config.as_deref()).await
             }
             Command::Fleet { command: FleetCommand::Watch(args) } => notifier::fleet::cli::watch(args).await,
-            Command::Generate { what } => {
+            Command::Generate { what: notifier::cli::Generated::Man, dir: Some(dir) } => {
+                let pages =
+                    notifier::manpage::write_all(&dir).with_context(|| format!("writing to {}", dir.display()))?;
+                println!("{}", pages.join("\n"));
+                Ok(())
+            }
+            Command::Generate { what, .. } => {
                 notifier::cli::generate(what, &mut std::io::stdout().lock()).context("writing to stdout")
             }
             Command::TestAlert { config, sink } => {

@@ -34,8 +34,8 @@ impl InstallArgs {
         self.prefix.join("bin/notifier")
     }
 
-    fn man(&self) -> PathBuf {
-        self.prefix.join("share/man/man1/notifier.1.gz")
+    fn man_dir(&self) -> PathBuf {
+        self.prefix.join("share/man/man1")
     }
 
     /// (generated asset, installed path) of each completion script.
@@ -52,8 +52,9 @@ impl InstallArgs {
     }
 }
 
-/// Generates the man page and the completion scripts with the built binary (the hidden
-/// `notifier generate`, from the clap definitions) into target/release/assets.
+/// Generates the man pages (notifier(1) and one per subcommand, into `man/`) and the completion
+/// scripts with the built binary (the hidden `notifier generate`, from the clap definitions) into
+/// target/release/assets.
 pub(crate) fn generate_assets(bin: &Path) -> Result<PathBuf> {
     let dir = workspace_root().join("target/release/assets");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -67,13 +68,32 @@ pub(crate) fn generate_assets(bin: &Path) -> Result<PathBuf> {
         }
         Ok(out.stdout)
     };
-    let man = dir.join("notifier.1");
-    std::fs::write(&man, generate("man")?)?;
-    check(Command::new("gzip").args(["-9", "-n", "-f"]).arg(&man))?;
+    let man = dir.join("man");
+    // Pages of subcommands that no longer exist must not be packaged.
+    if man.exists() {
+        std::fs::remove_dir_all(&man)?;
+    }
+    std::fs::create_dir_all(&man)?;
+    check(Command::new(bin).args(["generate", "man"]).arg(&man).stdout(std::process::Stdio::null()))?;
+    for page in man_pages(&man)? {
+        check(Command::new("gzip").args(["-9", "-n", "-f"]).arg(man.join(page)))?;
+    }
     for (shell, file) in [("bash", "notifier.bash"), ("zsh", "_notifier"), ("fish", "notifier.fish")] {
         std::fs::write(dir.join(file), generate(shell)?)?;
     }
     Ok(dir)
+}
+
+/// The file names of notifier's man pages in `dir` (`notifier.1.gz`, `notifier-watch.1.gz`, …).
+fn man_pages(dir: &Path) -> Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut pages: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| (n.starts_with("notifier.1") || n.starts_with("notifier-")) && n.contains(".1"))
+        .collect();
+    pages.sort();
+    Ok(pages)
 }
 
 /// Copies `from` to `to` with `mode`, creating the parent directories.
@@ -104,7 +124,9 @@ pub(crate) fn install(args: &InstallArgs) -> Result<()> {
     let assets = generate_assets(&built)?;
     let root = workspace_root();
     put(&built, &args.at(args.bin()), 0o755)?;
-    put(&assets.join("notifier.1.gz"), &args.at(args.man()), 0o644)?;
+    for page in man_pages(&assets.join("man"))? {
+        put(&assets.join("man").join(&page), &args.at(args.man_dir().join(&page)), 0o644)?;
+    }
     for (asset, path) in args.completions() {
         put(&assets.join(asset), &args.at(path), 0o644)?;
     }
@@ -163,7 +185,9 @@ pub(crate) fn uninstall(args: &InstallArgs, purge: bool) -> Result<()> {
     }
     remove(&args.at(UNIT))?;
     remove(&args.at(args.bin()))?;
-    remove(&args.at(args.man()))?;
+    for page in man_pages(&args.at(args.man_dir()))? {
+        remove(&args.at(args.man_dir().join(page)))?;
+    }
     for (_, path) in args.completions() {
         remove(&args.at(path))?;
     }
@@ -234,10 +258,29 @@ pub(crate) fn verify_installed(bin: &Path, unit: &Path, completions: &[PathBuf])
     println!("check: {} --version: {}", bin.display(), version.trim());
     let man = output(Command::new("man").args(["-w", "notifier"]))?;
     println!("check: man -w notifier: {}", man.trim());
-    let page = output(Command::new("man").args(["-P", "cat", "notifier"]).env("MANWIDTH", "80"))?;
+    // The file `man` finds, read as it is (`-l`): man-db's cache of formatted pages can hold an
+    // older install's page, newer than the packaged file's fixed mtime.
+    let show = |name: &str| -> Result<String> {
+        let file = output(Command::new("man").args(["-w", name]))?;
+        output(Command::new("man").args(["-P", "cat", "-l", file.trim()]).env("MANWIDTH", "80"))
+    };
+    let page = show("notifier")?;
     if !page.contains("notifier") || !page.contains("check-config") {
         bail!("`man notifier` does not show the subcommands:\n{page}");
     }
+    for section in ["FILES", "SIGNALS", "ENVIRONMENT", "EXIT STATUS", "SEE ALSO"] {
+        if !page.lines().any(|l| l == section) {
+            bail!("`man notifier` has no {section} section:\n{page}");
+        }
+    }
+    // Each subcommand that notifier(1) names has its own page.
+    for sub in ["notifier-watch", "notifier-status", "notifier-spool-retry", "notifier-known-list"] {
+        let page = show(sub)?;
+        if !page.contains("EXIT STATUS") {
+            bail!("`man {sub}` has no EXIT STATUS:\n{page}");
+        }
+    }
+    println!("check: man notifier has FILES, SIGNALS, ENVIRONMENT, EXIT STATUS; subcommand pages found");
     for path in completions {
         if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
             bail!("completion script {} is missing or empty", path.display());
