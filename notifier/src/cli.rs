@@ -80,23 +80,6 @@ pub enum Generated {
     Powershell,
 }
 
-/// Writes the man page or a completion script, generated from these very definitions.
-pub fn generate(what: Generated, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    use clap::CommandFactory as _;
-    use clap_complete::Shell;
-    let mut cmd = Cli::command();
-    let shell = match what {
-        Generated::Man => return crate::manpage::main_page(out),
-        Generated::Bash => Shell::Bash,
-        Generated::Zsh => Shell::Zsh,
-        Generated::Fish => Shell::Fish,
-        Generated::Elvish => Shell::Elvish,
-        Generated::Powershell => Shell::PowerShell,
-    };
-    clap_complete::generate(shell, &mut cmd, "notifier", out);
-    Ok(())
-}
-
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// Print JSON Lines (one object per event) instead of text.

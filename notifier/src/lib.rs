@@ -18,11 +18,11 @@ pub mod config;
 pub mod enrich;
 pub mod event;
 pub mod fleet;
+pub mod generate;
 pub mod id;
 pub mod journal;
 pub mod known;
 pub mod loader;
-pub mod manpage;
 pub mod metrics;
 #[cfg(test)]
 mod module_graph;

@@ -39,12 +39,12 @@ fn main() -> ExitCode {
             Command::Fleet { command: FleetCommand::Watch(args) } => notifier::fleet::cli::watch(args).await,
             Command::Generate { what: notifier::cli::Generated::Man, dir: Some(dir) } => {
                 let pages =
-                    notifier::manpage::write_all(&dir).with_context(|| format!("writing to {}", dir.display()))?;
+                    notifier::generate::write_all(&dir).with_context(|| format!("writing to {}", dir.display()))?;
                 println!("{}", pages.join("\n"));
                 Ok(())
             }
             Command::Generate { what, .. } => {
-                notifier::cli::generate(what, &mut std::io::stdout().lock()).context("writing to stdout")
+                notifier::generate::generate(what, &mut std::io::stdout().lock()).context("writing to stdout")
             }
             Command::TestAlert { config, sink } => {
                 let config = notifier::config::Config::load_or_default(config.as_deref())?;

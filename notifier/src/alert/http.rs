@@ -11,7 +11,7 @@ use serde_json::json;
 use sha2::Sha256;
 
 use super::{
-    message::Templates,
+    message::{cut, truncate, truncate_bytes, truncate_utf16, Templates},
     sink::{BuildError, SinkError},
     Alert,
 };
@@ -354,41 +354,6 @@ fn slack_text(s: &str, max: usize) -> String {
     }))
 }
 
-/// `s` whole if its length, summed by `len` per character, is at most `max`; else its longest
-/// start that fits with `…` after it. The services count in different units: bytes (ntfy),
-/// characters (Pushover), UTF-16 code units (Telegram and Discord, whose clients are JavaScript).
-fn cut(s: &str, max: usize, len: impl Fn(char) -> usize) -> String {
-    if s.chars().map(&len).sum::<usize>() <= max {
-        return s.to_string();
-    }
-    let mut budget = max.saturating_sub(len('\u{2026}'));
-    let mut out = String::new();
-    for c in s.chars() {
-        match budget.checked_sub(len(c)) {
-            Some(left) => budget = left,
-            None => break,
-        }
-        out.push(c);
-    }
-    out.push('\u{2026}');
-    out
-}
-
-/// At most `max` bytes of UTF-8, cut at a character boundary and marked with `…`.
-fn truncate_bytes(s: &str, max: usize) -> String {
-    cut(s, max, char::len_utf8)
-}
-
-/// At most `max` characters, marked with `…` when cut.
-fn truncate(s: &str, max_chars: usize) -> String {
-    cut(s, max_chars, |_| 1)
-}
-
-/// At most `max` UTF-16 code units, marked with `…` when cut.
-fn truncate_utf16(s: &str, max: usize) -> String {
-    cut(s, max, char::len_utf16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,30 +382,12 @@ mod tests {
     #[test]
     fn slack_text_cannot_link_or_mention() {
         assert_eq!(slack_escape("<!channel> <http://x|y> & more"), "&lt;!channel&gt; &lt;http://x|y&gt; &amp; more");
-        assert_eq!(truncate("abcdef", 4), "abc\u{2026}");
         // An escape counts as what is sent, and is never cut in two.
         assert_eq!(slack_text("a&b", 7), "a&amp;b");
         assert_eq!(slack_text("a&bc", 7), "a&amp;\u{2026}");
         assert_eq!(slack_text("a&bc", 6), "a\u{2026}");
         let long = slack_text(&"<&>".repeat(5000), SLACK_MAX);
         assert!(long.chars().count() <= SLACK_MAX && long.ends_with("&lt;\u{2026}"), "{}", long.chars().count());
-    }
-
-    #[test]
-    fn telegram_and_discord_count_utf16_units() {
-        // An emoji is one character but two UTF-16 units.
-        let cut = truncate_utf16(&"\u{1f600}".repeat(3000), DISCORD_MAX);
-        assert_eq!(cut.encode_utf16().count(), 1999);
-        assert_eq!(cut.chars().count(), 1000, "999 emoji and the ellipsis");
-        assert_eq!(truncate_utf16("ok", DISCORD_MAX), "ok");
-    }
-
-    #[test]
-    fn ntfy_bodies_fit_in_4096_bytes_at_a_char_boundary() {
-        let long = "é".repeat(3000);
-        let cut = truncate_bytes(&long, NTFY_MAX_BYTES);
-        assert!(cut.len() <= NTFY_MAX_BYTES && cut.ends_with('\u{2026}'), "{}", cut.len());
-        assert_eq!(truncate_bytes("short", NTFY_MAX_BYTES), "short");
     }
 
     #[test]

@@ -135,6 +135,41 @@ pub fn default_message(a: &Alert) -> Message {
     }
 }
 
+/// `s` whole if its length, summed by `len` per character, is at most `max`; else its longest
+/// start that fits with `…` after it. The services count in different units: bytes (ntfy),
+/// characters (Pushover), UTF-16 code units (Telegram and Discord, whose clients are JavaScript).
+pub(crate) fn cut(s: &str, max: usize, len: impl Fn(char) -> usize) -> String {
+    if s.chars().map(&len).sum::<usize>() <= max {
+        return s.to_string();
+    }
+    let mut budget = max.saturating_sub(len('\u{2026}'));
+    let mut out = String::new();
+    for c in s.chars() {
+        match budget.checked_sub(len(c)) {
+            Some(left) => budget = left,
+            None => break,
+        }
+        out.push(c);
+    }
+    out.push('\u{2026}');
+    out
+}
+
+/// At most `max` bytes of UTF-8, cut at a character boundary and marked with `…`.
+pub(crate) fn truncate_bytes(s: &str, max: usize) -> String {
+    cut(s, max, char::len_utf8)
+}
+
+/// At most `max` characters, marked with `…` when cut.
+pub(crate) fn truncate(s: &str, max_chars: usize) -> String {
+    cut(s, max_chars, |_| 1)
+}
+
+/// At most `max` UTF-16 code units, marked with `…` when cut.
+pub(crate) fn truncate_utf16(s: &str, max: usize) -> String {
+    cut(s, max, char::len_utf16)
+}
+
 #[cfg(test)]
 mod people_tests {
     use super::*;
@@ -174,5 +209,20 @@ mod people_tests {
             assert!(!text.contains('@') && !text.contains("://"), "{text:?}");
         }
         assert_eq!(a.user.as_deref(), Some("x\r\nBcc: victim@example.com"), "the alert itself is unchanged");
+    }
+
+    #[test]
+    fn cuts_count_in_each_services_units_and_end_with_an_ellipsis() {
+        assert_eq!(truncate("abcdef", 4), "abc\u{2026}");
+        assert_eq!(truncate("abc", 4), "abc");
+        // An emoji is one character but two UTF-16 units (Telegram, Discord).
+        let cut = truncate_utf16(&"\u{1f600}".repeat(3000), 2000);
+        assert_eq!(cut.encode_utf16().count(), 1999);
+        assert_eq!(cut.chars().count(), 1000, "999 emoji and the ellipsis");
+        assert_eq!(truncate_utf16("ok", 2000), "ok");
+        // ntfy's 4,096 bytes, at a character boundary.
+        let cut = truncate_bytes(&"\u{e9}".repeat(3000), 4096);
+        assert!(cut.len() <= 4096 && cut.ends_with('\u{2026}'), "{}", cut.len());
+        assert_eq!(truncate_bytes("short", 4096), "short");
     }
 }

@@ -1,4 +1,5 @@
-//! The man pages, generated from the clap definitions: notifier(1), and one page per subcommand
+//! What the hidden `notifier generate` writes for packaging, from the clap definitions: the
+//! shell completion scripts, and the man pages, notifier(1) and one page per subcommand
 //! (notifier-watch(1), notifier-known-list(1), …), as `git` and `cargo` have. clap_mangen renders
 //! the synopsis, options and subcommands; the sections it cannot know (FILES, SIGNALS,
 //! ENVIRONMENT, EXIT STATUS, SEE ALSO) are written here, once, in roff.
@@ -8,7 +9,23 @@ use std::{io::Write, path::Path};
 use clap::CommandFactory as _;
 use clap_mangen::Man;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Generated};
+
+/// Writes the man page or a completion script, generated from these very definitions.
+pub fn generate(what: Generated, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    use clap_complete::Shell;
+    let mut cmd = Cli::command();
+    let shell = match what {
+        Generated::Man => return main_page(out),
+        Generated::Bash => Shell::Bash,
+        Generated::Zsh => Shell::Zsh,
+        Generated::Fish => Shell::Fish,
+        Generated::Elvish => Shell::Elvish,
+        Generated::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut cmd, "notifier", out);
+    Ok(())
+}
 
 /// FILES, on notifier(1).
 const FILES: &str = r#".SH FILES
