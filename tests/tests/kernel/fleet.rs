@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::json;
+
 use super::*;
 
 /// One simulated host: a daemon with its own libpam copy, state and name.
@@ -485,4 +487,100 @@ fn a_cluster_node_killed_under_load_loses_no_event_and_sends_no_second_alert() {
         );
     }
     drop(nodes);
+}
+
+/// `notifier fleet watch --json ARGS` from the start of the stream's last `since`, read until it
+/// is quiet.
+fn fleet_watch_filtered(config: &std::path::Path, args: &[&str]) -> Vec<Value> {
+    let mut cmd = Command::new(notifier_bin());
+    cmd.args(["fleet", "watch", "--json", "--config"]).arg(config).args(args);
+    let w = Notifier::spawn(cmd);
+    w.lines_until_quiet(Duration::from_secs(3), WAIT).iter().map(|l| serde_json::from_str(l).expect("JSON")).collect()
+}
+
+#[test]
+fn five_hosts_200_sessions_through_a_30_s_outage_every_event_once_claims_settle_and_filters_hold() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let Some(mut server) = NatsServer::start("") else { return };
+    let service = PamService::permit("ntfleeto");
+    let fleet = format!("servers = [\"{}\"]", server.url());
+    let mut hosts: Vec<Host> = (1..=5).map(|i| Host::new(&format!("web-{i}"), &fleet, "")).collect();
+    fleet_init(&hosts[0].d.config);
+    for h in &mut hosts {
+        h.start();
+        assert!(h.daemon().wait_stderr("Connected to a fleet server.", WAIT), "{}", h.daemon().stderr());
+    }
+    let ips: Vec<String> = (1..=40).map(|i| format!("10.79.0.{i}")).collect();
+
+    // Down for 30 s, during which each host opens 40 sessions from the same 40 new addresses.
+    server.kill9();
+    let down = Instant::now();
+    for ip in &ips {
+        let drivers: Vec<_> = hosts.iter().map(|h| h.login(&service.name, "wanderer", ip)).collect();
+        for mut d in drivers {
+            assert!(d.wait().expect("pam-driver").success());
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    for h in &mut hosts {
+        for ip in &ips {
+            let e = h.wait_open("wanderer", ip);
+            assert_eq!((&e["fleet"]["state"], &e["alert"]), (&json!("offline"), &json!(true)), "{}: {e:#}", h.name);
+        }
+    }
+    assert!(down.elapsed() < Duration::from_secs(30), "200 sessions took {:?}", down.elapsed());
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
+    server.restart();
+    for h in &hosts {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h.daemon().stderr().matches("Connected to a fleet server.").count() < 2 {
+            assert!(Instant::now() < deadline, "{}: not connected again:\n{}", h.name, h.daemon().stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // The claims settle: each address has one first host in the fleet history.
+    let list = || {
+        run(Command::new(notifier_bin())
+            .args(["known", "list", "--fleet", "--json", "--config"])
+            .arg(&hosts[0].d.config))
+    };
+    let deadline = Instant::now() + WAIT;
+    let mut claimed: Vec<Value> = Vec::new();
+    while Instant::now() < deadline {
+        claimed = serde_json::from_str::<Vec<Value>>(&list()).expect("known list --fleet --json");
+        claimed.retain(|e| e["entry"].as_str().is_some_and(|s| s.starts_with("ip 10.79.0.")));
+        if claimed.len() == ips.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(claimed.len(), ips.len(), "every address claimed once: {claimed:#?}");
+
+    // Every event of every host reaches the stream once: 200 opens, 200 closes.
+    for h in &mut hosts {
+        h.drain();
+    }
+    let printed: Vec<Value> = hosts.iter().flat_map(|h| h.printed.clone()).collect();
+    let want = keys_of(&printed);
+    assert_eq!(want.len(), 400, "each host printed 40 opens and 40 closes");
+    let deadline = Instant::now() + WAIT * 2;
+    let mut shown = Vec::new();
+    while Instant::now() < deadline {
+        shown = fleet_watch_filtered(&hosts[0].d.config, &["--since", "5m"]);
+        if keys_of(&shown).len() >= want.len() {
+            break;
+        }
+    }
+    assert_eq!(keys_of(&shown), want, "each event once in the stream, after the outage");
+    // The watch's filters: one host, one user, since a time.
+    let one = fleet_watch_filtered(&hosts[0].d.config, &["--since", "5m", "--host", "web-3", "--user", "wanderer"]);
+    assert!(one.iter().all(|e| e["host"] == "web-3" && e["user"] == "wanderer"), "{one:#?}");
+    assert_eq!(one.iter().filter(|e| e["event"] == "session_open").count(), 40);
+    let nobody = fleet_watch_filtered(&hosts[0].d.config, &["--since", "5m", "--user", "no-such-user"]);
+    assert!(nobody.is_empty(), "{nobody:#?}");
+    let later = fleet_watch_filtered(&hosts[0].d.config, &["--since", "1s"]);
+    assert!(later.iter().all(|e| e["event"] != "session_open"), "nothing opened in the last second: {later:#?}");
 }
