@@ -28,6 +28,7 @@ pub mod rules;
 mod schema;
 mod smtp;
 mod sshd;
+mod tls;
 
 pub use container::*;
 pub use daemon::*;
@@ -39,6 +40,7 @@ pub use nats::*;
 pub use schema::*;
 pub use smtp::*;
 pub use sshd::*;
+pub use tls::*;
 
 /// True when the kernel tests can run. Without root they are skipped with a reason, except under
 /// `CI=true`, where a skip would hide a broken setup and so is a failure.

@@ -28,11 +28,16 @@ fn settings(path: Option<&Path>) -> anyhow::Result<(Config, Settings)> {
 }
 
 async fn connect(s: &Settings, what: &str) -> anyhow::Result<jetstream::Context> {
-    let client = super::connect_options(s, what).await?.connect(s.servers.clone()).await.with_context(|| {
-        format!(
-            "cannot connect to the fleet servers {} (are they up, and are the credentials right?)",
-            s.servers.join(", ")
-        )
+    let client = super::connect_options(s, what).await?.connect(s.servers.clone()).await.map_err(|e| {
+        let text = e.to_string();
+        let servers = s.servers.join(", ");
+        if super::tls_failure(&text) {
+            anyhow::anyhow!("cannot connect to the fleet servers {servers}: {}", super::tls_hint(&text))
+        } else {
+            anyhow::anyhow!(
+                "cannot connect to the fleet servers {servers} (are they up, and are the credentials right?): {text}"
+            )
+        }
     })?;
     Ok(jetstream::new(client))
 }

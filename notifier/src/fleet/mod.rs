@@ -96,6 +96,20 @@ pub struct Fleet {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A connection error that is the TLS handshake's (a certificate refused, or none sent).
+fn tls_failure(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("certificate") || e.contains("handshake") || e.contains("tls")
+}
+
+/// What to check when the TLS handshake fails, with the error.
+fn tls_hint(error: &str) -> String {
+    format!(
+        "the TLS handshake failed ({error}): fleet.tls_ca must be the CA that signed the servers' certificates, \
+         and fleet.tls_cert and fleet.tls_key this host's own certificate when the servers ask for one"
+    )
+}
+
 /// The client options for `settings`: credentials, TLS, and reconnects that never give up.
 pub async fn connect_options(settings: &Settings, name: &str) -> anyhow::Result<async_nats::ConnectOptions> {
     let unusable = |e: String| anyhow::Error::new(ConfigError::Unusable(e));
@@ -195,10 +209,30 @@ impl Fleet {
             Some(_) => {
                 tracing::info!(servers = ?settings.servers, "Fleet mode: sharing events and history on NATS JetStream.")
             }
-            None => tracing::warn!(
-                servers = ?settings.servers,
-                "Fleet mode: the servers are not reachable yet; verdicts come from the local mirror until they are."
-            ),
+            None => {
+                tracing::warn!(
+                    servers = ?settings.servers,
+                    "Fleet mode: the servers are not reachable yet; verdicts come from the local mirror until they are."
+                );
+                // The client's retries report only the kind of error ("IO error"); one plain attempt
+                // says why, so that a refused certificate is named once.
+                let opts = connect_options(settings, &format!("notifier {host}")).await?;
+                let servers = settings.servers.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = opts.connect(servers).await {
+                        let text = e.to_string();
+                        if tls_failure(&text) {
+                            tracing::error!(
+                                "Cannot connect to the fleet servers: {}. Verdicts and alerts go on from the local \
+                                 history; events and claims wait in the outbox.",
+                                tls_hint(&text)
+                            );
+                        } else {
+                            tracing::warn!(error = %text, "The fleet servers cannot be reached yet.");
+                        }
+                    }
+                });
+            }
         }
         Ok(Fleet { shared, notices, tasks })
     }

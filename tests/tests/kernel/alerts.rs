@@ -634,22 +634,9 @@ fn a_start_failure_repeated_by_restarts_sends_one_health_alert() {
 /// An HTTPS receiver on 127.0.0.1 whose certificate a test CA signed: returns the CA's PEM path,
 /// the port, and the server (killed on drop through the guard).
 fn https_receiver(lab: &Lab) -> (PathBuf, u16, ChildGuard) {
-    let p = |f: &str| lab.path(f).display().to_string();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(Command::new("openssl")
-        .args(["req", "-x509"])
-        .args(ec)
-        .args(["-keyout", &p("ca.key"), "-out", &p("ca.pem")])
-        .args(["-days", "1", "-subj", "/CN=notifier test CA"]));
-    run(Command::new("openssl")
-        .args(["req"])
-        .args(ec)
-        .args(["-keyout", &p("srv.key"), "-out", &p("srv.csr")])
-        .args(["-subj", "/CN=127.0.0.1"]));
-    fs::write(lab.path("ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("ext");
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-in", &p("srv.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key")])
-        .args(["-CAcreateserial", "-days", "1", "-out", &p("srv.pem"), "-extfile", &p("ext")]));
+    let p = |f: &Path| f.display().to_string();
+    let ca = TestCa::new(lab, "ca");
+    let (cert, key) = ca.issue("srv", false);
     let port = unused_port();
     let script = format!(
         "import http.server, ssl\n\
@@ -662,9 +649,9 @@ fn https_receiver(lab: &Lab) -> (PathBuf, u16, ChildGuard) {
          c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('{cert}', '{key}')\n\
          s.socket = c.wrap_socket(s.socket, server_side=True)\n\
          s.serve_forever()\n",
-        got = p("got"),
-        cert = p("srv.pem"),
-        key = p("srv.key"),
+        got = p(&lab.path("got")),
+        cert = p(&cert),
+        key = p(&key),
     );
     let child = Command::new("python3").args(["-c", &script]).stderr(Stdio::null()).spawn().expect("python3");
     let deadline = std::time::Instant::now() + WAIT;
@@ -672,7 +659,7 @@ fn https_receiver(lab: &Lab) -> (PathBuf, u16, ChildGuard) {
         assert!(std::time::Instant::now() < deadline, "the HTTPS receiver did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (lab.path("ca.pem"), port, ChildGuard(child))
+    (ca.cert, port, ChildGuard(child))
 }
 
 /// Kills the child on drop.

@@ -584,3 +584,68 @@ fn five_hosts_200_sessions_through_a_30_s_outage_every_event_once_claims_settle_
     let later = fleet_watch_filtered(&hosts[0].d.config, &["--since", "1s"]);
     assert!(later.iter().all(|e| e["event"] != "session_open"), "nothing opened in the last second: {later:#?}");
 }
+
+#[test]
+fn tls_with_a_pinned_ca_and_a_client_certificate_works_and_anything_less_is_refused_clearly() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = Lab::new();
+    let ca = TestCa::new(&lab, "fleet-ca");
+    let (srv_cert, srv_key) = ca.issue("nats", false);
+    let (cli_cert, cli_key) = ca.issue("web-tls", true);
+    let other = TestCa::new(&lab, "other-ca");
+    // The server asks every client for a certificate its CA signed (mTLS).
+    let tls = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}",
+        srv_cert.display(),
+        srv_key.display(),
+        ca.cert.display()
+    );
+    let Some(server) = NatsServer::start(&tls) else { return };
+    let url = server.url().replace("nats://", "tls://");
+    let service = PamService::permit("ntfleett");
+    let fleet = |ca: &Path, cert: bool| {
+        let mut f = format!("servers = [\"{url}\"]\ntls_ca = \"{}\"\nclaim_timeout_ms = 500", ca.display());
+        if cert {
+            f += &format!("\ntls_cert = \"{}\"\ntls_key = \"{}\"", cli_cert.display(), cli_key.display());
+        }
+        f
+    };
+
+    // Pinned CA and a client certificate: set up, connected, claimed, in the stream.
+    let mut good = Host::new("web-tls", &fleet(&ca.cert, true), "");
+    fleet_init(&good.d.config);
+    let watch = fleet_watch(&good.d.config);
+    good.start();
+    assert!(good.daemon().wait_stderr("Connected to a fleet server.", WAIT), "{}", good.daemon().stderr());
+    assert!(good.login(&service.name, "tlsuser", "10.80.0.1").wait().expect("pam-driver").success());
+    let open = good.wait_open("tlsuser", "10.80.0.1");
+    assert_eq!(open["fleet"]["state"], "claimed", "{open:#}");
+    good.drain();
+    let want = keys_of(&good.printed);
+    assert_eq!(keys_of(&watch_until(&watch, &want)), want, "over TLS into the stream and out to the watch");
+
+    // No client certificate, or a CA that did not sign the server's: one clear error from
+    // `fleet init`, and a daemon that still judges logins locally.
+    for (name, config, why) in [
+        ("web-nocert", fleet(&ca.cert, false), "CertificateRequired"),
+        ("web-wrongca", fleet(&other.cert, true), "UnknownIssuer"),
+    ] {
+        let mut h = Host::new(name, &config, "");
+        let out =
+            Command::new(notifier_bin()).args(["fleet", "init", "--config"]).arg(&h.d.config).output().expect("init");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why) && err.contains("fleet.tls_ca"), "{name}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{name}: one error: {err}");
+        h.start();
+        assert!(h.login(&service.name, "tlsuser", "10.80.0.2").wait().expect("pam-driver").success());
+        let open = h.wait_open("tlsuser", "10.80.0.2");
+        assert_eq!((&open["fleet"]["state"], &open["alert"]), (&json!("offline"), &json!(true)), "{name}: {open:#}");
+        assert!(h.daemon().wait_stderr("the TLS handshake failed", WAIT), "{name}: {}", h.daemon().stderr());
+        std::thread::sleep(Duration::from_secs(2));
+        let stderr = h.daemon().stderr();
+        assert_eq!(stderr.matches("the TLS handshake failed").count(), 1, "{name}: said once: {stderr}");
+        assert!(stderr.contains(why), "{name}: {stderr}");
+    }
+}
