@@ -14,13 +14,15 @@ use crate::{
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Before the config, the databases and the sinks: see `loader::Early`.
+    let early = loader::early();
     let config = Config::load_or_default(args.config.as_deref())?;
     let mut ctx = procinfo::host_context();
     if let Some(host) = &config.host {
         ctx.host.clone_from(host);
     }
     let daemon = Daemon::start(config, args.config.clone(), ctx.host.clone()).await?;
-    let probes = match loader::load(&(&daemon.config.capture).into()) {
+    let probes = match loader::load(&(&daemon.config.capture).into(), early) {
         Ok(p) => p,
         Err(e) => {
             daemon.start_failed(&e).await;

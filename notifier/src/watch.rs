@@ -6,6 +6,7 @@
 use crate::{cli::WatchArgs, loader, pipeline::Pipeline, procinfo};
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
-    let probes = loader::load(&args.targets())?;
+    let early = loader::early();
+    let probes = loader::load(&args.targets(), early)?;
     Pipeline::watch(args.format(), args.services).run_until_stopped(probes, procinfo::host_context()).await
 }
