@@ -153,6 +153,41 @@ pub fn host_token(host: &str) -> String {
     }
 }
 
+/// What a host puts on the fleet stream.
+pub enum Share<'a> {
+    /// A judged login, failure or brute force.
+    Judged(&'a crate::policy::Judgement),
+    Lost(&'a crate::event::LostEvent),
+    /// notifier's own health alert.
+    Health(&'a crate::alert::Alert),
+}
+
+impl Share<'_> {
+    /// Its id (`Nats-Msg-Id`, so the server drops a repeat), its kind (the subject's last token),
+    /// and its JSON (the event as `run --json` prints it).
+    pub fn event(&self, host: &str) -> (String, &'static str, serde_json::Value) {
+        use crate::{event::json_value, id::short_id, policy::Judgement};
+        match self {
+            Share::Judged(Judgement::Login(j)) => (claim::event_id(host, j), j.login.event.as_str(), json_value(j)),
+            Share::Judged(Judgement::BruteForce(b)) => {
+                let id = short_id(host, &[b"brute", b.ip.to_string().as_bytes(), b.time.as_bytes()]);
+                (id, b.event, json_value(b))
+            }
+            Share::Lost(l) => (short_id(host, &[b"lost", l.time.as_bytes()]), "events_lost", json_value(l)),
+            Share::Health(a) => {
+                let event = serde_json::json!({
+                    "schema": crate::event::SCHEMA_VERSION,
+                    "time": a.time,
+                    "event": "health",
+                    "host": a.host,
+                    "reason": a.reason,
+                });
+                (short_id(host, &[a.id.as_bytes()]), "health", event)
+            }
+        }
+    }
+}
+
 impl Fleet {
     /// Connects in the background (a server that is down never delays the start), loads the mirror
     /// and the outbox, and starts the tasks.
@@ -237,8 +272,14 @@ impl Fleet {
         Ok(Fleet { shared, notices, tasks })
     }
 
-    /// Writes events to the outbox and wakes the publisher. Never waits for the network.
-    pub fn publish(&self, events: Vec<(String, &'static str, serde_json::Value)>) {
+    /// Writes `items` to the outbox and wakes the publisher. Never waits for the network.
+    pub fn publish(&self, items: &[Share]) {
+        self.publish_events(items.iter().map(|item| item.event(&self.shared.host)).collect());
+    }
+
+    /// [`Fleet::publish`] of events already converted with [`Share::event`] (a batch whose
+    /// items are written to stdout, and so moved, one by one).
+    pub fn publish_events(&self, events: Vec<(String, &'static str, serde_json::Value)>) {
         if events.is_empty() {
             return;
         }

@@ -21,7 +21,7 @@ use crate::{
     config::Config,
     enrich::{geo::GeoDb, rdns::Rdns, Enricher},
     event::LostEvent,
-    fleet::{Fleet, Notice},
+    fleet::{Fleet, Notice, Share},
     loader::{LoadError, Probes},
     metrics::Metrics,
     policy::Judge,
@@ -130,14 +130,7 @@ impl Daemon {
     fn health(&mut self, text: String) {
         let alert = alert::internal_alert(AlertKind::Health, &self.host, text);
         if let Some(f) = &self.fleet {
-            let event = serde_json::json!({
-                "schema": crate::event::SCHEMA_VERSION,
-                "time": alert.time,
-                "event": "health",
-                "host": alert.host,
-                "reason": alert.reason,
-            });
-            f.publish(vec![(crate::id::short_id(&self.host, &[alert.id.as_bytes()]), "health", event)]);
+            f.publish(&[Share::Health(&alert)]);
         }
         self.dispatcher.submit(alert);
     }

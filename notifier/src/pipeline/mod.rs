@@ -26,6 +26,7 @@ use loss::LossTracker;
 use crate::{
     alert, capture, clock,
     event::{Format, LoginEvent},
+    fleet::Share,
     loader::{self, Probes},
     output::{Output, Stdout},
     policy::Judgement,
@@ -85,7 +86,7 @@ impl Pipeline {
                 if let Some(t) = ticket {
                     f.after_alert(t);
                 }
-                shared.push(fleet_event(&d.host, &judgement));
+                shared.push(Share::Judged(&judgement).event(&d.host));
             }
             count(d, &judgement);
             d.tracker.judged(&judgement);
@@ -94,7 +95,7 @@ impl Pipeline {
             }
         }
         if let Some(f) = &d.fleet {
-            f.publish(shared);
+            f.publish_events(shared);
         }
         Ok(true)
     }
@@ -231,8 +232,7 @@ impl Pipeline {
                     d.lost(&lost);
                     d.metrics.lost(&lost);
                     if let Some(f) = &d.fleet {
-                        let id = crate::id::short_id(&d.host, &[b"lost", lost.time.as_bytes()]);
-                        f.publish(vec![(id, "events_lost", crate::event::json_value(&lost))]);
+                        f.publish(&[Share::Lost(&lost)]);
                     }
                 }
                 if !self.stdout.emit(Output::Lost(lost), None)? {
@@ -259,20 +259,6 @@ impl Pipeline {
 /// Sleeps until `at` (a branch guard keeps `None` from being polled).
 async fn sleep_until(at: Option<Instant>) {
     tokio::time::sleep_until(at.unwrap_or_else(Instant::now).into()).await;
-}
-
-/// A judged event as the fleet stream carries it: its id, its kind, and its JSON.
-fn fleet_event(host: &str, j: &Judgement) -> (String, &'static str, serde_json::Value) {
-    match j {
-        Judgement::Login(j) => {
-            (crate::fleet::claim::event_id(host, j), j.login.event.as_str(), crate::event::json_value(j))
-        }
-        Judgement::BruteForce(b) => (
-            crate::id::short_id(host, &[b"brute", b.ip.to_string().as_bytes(), b.time.as_bytes()]),
-            b.event,
-            crate::event::json_value(b),
-        ),
-    }
 }
 
 /// Counts what is about to be written.
