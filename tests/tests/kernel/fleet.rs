@@ -649,3 +649,65 @@ fn tls_with_a_pinned_ca_and_a_client_certificate_works_and_anything_less_is_refu
         assert!(stderr.contains(why), "{name}: {stderr}");
     }
 }
+
+#[test]
+fn a_full_outbox_drops_the_oldest_events_with_one_health_alert_and_keeps_the_newest() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let Some(mut server) = NatsServer::start("") else { return };
+    let hook = HttpReceiver::start();
+    let service = PamService::permit("ntfleetf");
+    let fleet = format!("servers = [\"{}\"]\noutbox_max_events = 20\nunreachable_alert_secs = 0", server.url());
+    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let mut h = Host::new("web-full", &fleet, &sink);
+    fleet_init(&h.d.config);
+    h.start();
+    assert!(h.daemon().wait_stderr("Connected to a fleet server.", WAIT), "{}", h.daemon().stderr());
+
+    // 15 sessions (30 events) while the server is down, into an outbox of 20.
+    server.kill9();
+    assert!(h.daemon().wait_stderr("Disconnected", WAIT), "{}", h.daemon().stderr());
+    for _ in 0..15 {
+        assert!(h.login(&service.name, "filler", "10.81.0.1").wait().expect("pam-driver").success());
+        h.wait_open("filler", "10.81.0.1");
+    }
+    h.drain();
+    let full = |r: &Request| {
+        r.json()["kind"] == "health" && r.json()["reason"].as_str().unwrap_or("").contains("outbox is full")
+    };
+    hook.wait(WAIT, |r| r.iter().any(full));
+    std::thread::sleep(Duration::from_secs(1));
+    let healths: Vec<Value> = hook.requests().iter().filter(|r| full(r)).map(Request::json).collect();
+    assert_eq!(healths.len(), 1, "one health alert: {healths:#?}");
+    assert!(healths[0]["reason"].as_str().unwrap().contains("(20 events)"), "{healths:#?}");
+
+    // Back up: what the outbox kept reaches the stream, the newest first kept, the oldest gone.
+    server.restart();
+    let printed = keys_of(&h.printed);
+    assert_eq!(printed.len(), 30);
+    let deadline = Instant::now() + WAIT;
+    let mut shown = Vec::new();
+    while Instant::now() < deadline {
+        shown = keys_of(&fleet_watch_filtered(&h.d.config, &["--since", "5m", "--host", "web-full"]));
+        if shown.iter().any(|k| *k == printed_last(&h.printed)) {
+            break;
+        }
+    }
+    assert!(shown.len() <= 20 && shown.len() >= 10, "at most the outbox's 20 events: {}", shown.len());
+    assert!(shown.iter().all(|k| printed.contains(k)), "nothing but what the host printed");
+    assert!(shown.contains(&printed_last(&h.printed)), "the newest event is kept");
+    let first = h.printed.iter().find(|e| e["event"] == "session_open").expect("first open");
+    let first = (
+        first["host"].as_str().unwrap().to_string(),
+        first["session"].as_str().unwrap().to_string(),
+        "session_open".to_string(),
+    );
+    assert!(!shown.contains(&first), "the oldest event was dropped");
+}
+
+/// (host, session, event) of the last login event a host printed.
+fn printed_last(printed: &[Value]) -> (String, String, String) {
+    let e = printed.iter().rev().find(|e| e["session"].is_string()).expect("a login event");
+    (e["host"].as_str().unwrap().into(), e["session"].as_str().unwrap().into(), e["event"].as_str().unwrap().into())
+}
