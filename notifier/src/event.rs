@@ -143,7 +143,6 @@ pub enum Format {
     Json,
 }
 
-/// Writes one event as one line.
 /// The version of the JSON events and webhook bodies, described by `schema/event.schema.json`.
 /// It changes only when a field is removed or changes meaning; new fields may come within a version.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -167,6 +166,7 @@ pub fn json_line(w: &mut impl io::Write, event: &impl Serialize) -> io::Result<(
     w.write_all(b"\n")
 }
 
+/// Writes one event as one line.
 pub fn write_login(w: &mut impl io::Write, format: Format, e: &LoginEvent) -> io::Result<()> {
     match format {
         Format::Json => json_line(w, e),

@@ -131,9 +131,8 @@ pub fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
             crate::config::ConfigError::Unusable(format!("{}: sink {:?}: {e}", path.display(), sink.name))
         })?;
     }
-    let dropins = crate::config::files::dropins(&path)?;
     println!("# {}: valid. Effective settings, each with the file that set it:", path.display());
-    for d in &dropins {
+    for d in &effective.dropins {
         println!("# drop-in: {}", d.display());
     }
     print!("{}", effective.annotated());

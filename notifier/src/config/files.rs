@@ -41,6 +41,8 @@ pub type Sources = BTreeMap<String, PathBuf>;
 /// where each came from.
 #[derive(Debug)]
 pub struct Effective {
+    /// The drop-ins read, in the order they applied.
+    pub dropins: Vec<PathBuf>,
     toml: String,
     sinks: Vec<String>,
     pub sources: Sources,
@@ -51,13 +53,14 @@ pub struct Effective {
 pub fn load(path: &Path) -> Result<(Config, Effective), ConfigError> {
     let mut merged = Table::new();
     let mut sources = Sources::new();
-    for (i, file) in std::iter::once(path.to_path_buf()).chain(dropins(path)?).enumerate() {
-        let text = std::fs::read_to_string(&file)
+    let dropins = dropins(path)?;
+    for (i, file) in std::iter::once(path).chain(dropins.iter().map(PathBuf::as_path)).enumerate() {
+        let text = std::fs::read_to_string(file)
             .map_err(|e| ConfigError::Read { path: file.display().to_string(), reason: e.to_string() })?;
-        Config::from_toml(&text).map_err(|e| e.in_file(&file, i == 0))?;
+        Config::from_toml(&text).map_err(|e| e.in_file(file, i == 0))?;
         let table: Table = toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: Some(file.display().to_string()), message: e.to_string() })?;
-        merge(&mut merged, table, "", &file, &mut sources);
+        merge(&mut merged, table, "", file, &mut sources);
     }
     let text = toml::to_string(&merged).map_err(|e| ConfigError::Unusable(e.to_string()))?;
     let config = Config::from_toml(&text).map_err(|e| e.in_file(&dropin_dir(path), false))?;
@@ -65,7 +68,7 @@ pub fn load(path: &Path) -> Result<(Config, Effective), ConfigError> {
     let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Unusable(e.to_string()))?;
     let toml = toml::to_string_pretty(&raw).map_err(|e| ConfigError::Unusable(e.to_string()))?;
     let sinks = raw.sink.iter().map(|s| s.name.clone()).collect();
-    Ok((config, Effective { toml, sinks, sources }))
+    Ok((config, Effective { dropins, toml, sinks, sources }))
 }
 
 /// Merges `over` into `base`, noting the source of every key `over` sets.
@@ -74,12 +77,8 @@ fn merge(base: &mut Table, over: Table, prefix: &str, file: &Path, sources: &mut
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match (base.get_mut(&key), value) {
             (Some(Value::Table(b)), Value::Table(o)) => merge(b, o, &path, file, sources),
-            (existing, Value::Array(sinks)) if path == "sink" => {
-                let Some(Value::Array(base_sinks)) = existing else {
-                    for sink in &sinks {
-                        sources.insert(format!("sink.{}", sink_name(sink)), file.to_path_buf());
-                    }
-                    base.insert(key, Value::Array(sinks));
+            (_, Value::Array(sinks)) if path == "sink" => {
+                let Value::Array(base_sinks) = base.entry(key).or_insert_with(|| Value::Array(Vec::new())) else {
                     continue;
                 };
                 for sink in sinks {
