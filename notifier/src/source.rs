@@ -4,11 +4,14 @@
 
 use std::io;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Map, MapData, PerCpuArray};
 use notifier_common::{kind, lane, lost, names, str_flags, task_flags, EventHeader, HEADER_LEN};
 use tokio::io::unix::AsyncFd;
 
 use crate::loader::Probes;
+
+mod ring;
+use ring::Ring;
 
 /// What a record reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,8 +185,8 @@ impl LostCounts {
 /// The kernel event source: the two ring buffers (root's callers', everyone else's), readable
 /// asynchronously, and the loss counters.
 pub struct Source {
-    root: AsyncFd<RingBuf<MapData>>,
-    user: AsyncFd<RingBuf<MapData>>,
+    root: AsyncFd<Ring>,
+    user: AsyncFd<Ring>,
     lost: PerCpuArray<MapData, u64>,
     /// Records that failed to decode (a version mismatch would show here).
     pub decode_errors: u64,
@@ -194,11 +197,13 @@ pub struct Source {
 impl Source {
     pub fn new(probes: &mut Probes) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let mut ring = |name: &str| -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
-            let map = probes.ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))?;
-            let ring = RingBuf::try_from(map).with_context(|| format!("map {name} is not a ring buffer"))?;
-            // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
-            // AsyncFd (and with it the RingBuf) is dropped.
+        let mut ring = |name: &str| -> anyhow::Result<AsyncFd<Ring>> {
+            let Some(Map::RingBuf(map)) = probes.ebpf.take_map(name) else {
+                anyhow::bail!("map {name} is missing from the object, or not a ring buffer");
+            };
+            let ring = Ring::new(map).with_context(|| format!("mapping the ring buffer {name}"))?;
+            // SAFETY: the ring owns its map fd, which stays open and unchanged until the AsyncFd
+            // (and with it the ring) is dropped.
             unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
                 .map_err(|e| e.into_parts().1)
                 .with_context(|| format!("registering the ring buffer {name} with the event loop"))
@@ -230,34 +235,29 @@ impl Source {
     }
 
     /// Returns how many records were read.
-    fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Record>, errors: &mut u64) -> u64 {
-        let mut read = 0;
-        while let Some(item) = ring.next() {
-            read += 1;
-            match decode(&item) {
-                Ok(record) => {
-                    tracing::trace!(
-                        kind = ?record.kind,
-                        tgid = record.tgid(),
-                        owner = record.header.owner_tgid,
-                        start = record.header.session_start_ns,
-                        item = record.header.item,
-                        ret = record.header.ret,
-                        comm = %String::from_utf8_lossy(record.comm()),
-                        data = %String::from_utf8_lossy(&record.data).escape_debug(),
-                        "record"
-                    );
-                    out.push(record)
-                }
-                Err(e) => {
-                    *errors += 1;
-                    if *errors <= 10 {
-                        tracing::warn!(error = %e, "Undecodable record from the kernel; skipped.");
-                    }
+    fn drain_into(ring: &mut Ring, out: &mut Vec<Record>, errors: &mut u64) -> u64 {
+        ring.drain(|item| match decode(item) {
+            Ok(record) => {
+                tracing::trace!(
+                    kind = ?record.kind,
+                    tgid = record.tgid(),
+                    owner = record.header.owner_tgid,
+                    start = record.header.session_start_ns,
+                    item = record.header.item,
+                    ret = record.header.ret,
+                    comm = %String::from_utf8_lossy(record.comm()),
+                    data = %String::from_utf8_lossy(&record.data).escape_debug(),
+                    "record"
+                );
+                out.push(record)
+            }
+            Err(e) => {
+                *errors += 1;
+                if *errors <= 10 {
+                    tracing::warn!(error = %e, "Undecodable record from the kernel; skipped.");
                 }
             }
-        }
-        read
+        })
     }
 
     /// Sums the per-CPU loss counters.

@@ -15,6 +15,7 @@ mod containers;
 mod discover;
 mod links;
 mod privileges;
+mod quiet;
 mod replaced;
 pub mod sshd;
 
@@ -118,12 +119,9 @@ impl From<&crate::config::Capture> for Targets {
     }
 }
 
-/// What start-up reads from the kernel's BTF, first thing, while the process is still small: the
-/// field offsets the probes need ([`crate::btf`]), and aya's loader. aya 0.14's
-/// `EbpfLoader::new()` parses all of `/sys/kernel/btf/vmlinux` (a 5.5 MB read and a 9 MB type
-/// table on 6.18) although notifier turns BTF relocation off right after, and offers no way to
-/// skip it. Done here, before the config, the databases and the sinks, the start's peak RSS is
-/// 29 MB instead of 31 (`bench --only footprint`); without the parse it would be 16 MB.
+/// What start-up reads from the kernel's BTF: the field offsets the probes need ([`crate::btf`],
+/// a 5.5 MB read while they are found), and aya's loader, made without aya's own parse of the
+/// BTF ([`quiet`]).
 pub struct Early {
     loader: EbpfLoader<'static>,
     offsets: Result<notifier_common::TaskOffsets, crate::btf::OffsetError>,
@@ -134,9 +132,7 @@ pub struct Early {
 pub fn early() -> Early {
     let begin = std::time::Instant::now();
     let offsets = crate::btf::task_offsets();
-    let mut loader = EbpfLoader::new();
-    loader.btf(None);
-    Early { loader, offsets, took: begin.elapsed() }
+    Early { loader: quiet::loader(), offsets, took: begin.elapsed() }
 }
 
 /// Checks privileges and kernel support, finds libpam, loads the object and attaches every probe.

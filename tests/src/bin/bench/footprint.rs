@@ -83,7 +83,7 @@ pub(crate) fn footprint(report: &mut Report, runs: usize, idle: Duration, sessio
     let (ring, file, private) = rss_parts(n.pid());
     report.row(
         "footprint",
-        "of which: ring buffer, mapped files, private",
+        "of which: ring buffers, mapped files, private",
         format!("{ring:.1} MB, {file:.1} MB, {private:.1} MB"),
         "",
         "-",
@@ -124,8 +124,8 @@ pub(crate) fn footprint(report: &mut Report, runs: usize, idle: Duration, sessio
     if rss_idle > 12.0 || rss_after > 12.0 {
         report.notes.push(format!(
             "RSS: `notifier run` used {rss_idle:.1} MB idle and {rss_after:.1} MB after {sessions} \
-             sessions, against 12 MB. By /proc/PID/smaps, idle: {ring:.1} MB is the kernel's ring \
-             buffer (2 MiB, which the reader maps twice, resident once written), {file:.1} MB pages of \
+             sessions, against 12 MB. By /proc/PID/smaps, idle: {ring:.1} MB is the kernel's two \
+             ring buffers (2 MiB and 1 MiB, mapped whole by the kernel at `mmap`), {file:.1} MB pages of \
              the binary and libraries (clean, shared, reclaimable), and {private:.1} MB notifier's own \
              memory. `notifier watch` on the same probes used {watch_rss:.1} MB, so {:.1} MB is what the \
              daemon adds to capture (the alert machinery: HTTP client with its TLS roots, SMTP, \

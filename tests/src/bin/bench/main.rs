@@ -53,7 +53,7 @@ struct Args {
     /// Results of the fuzz targets that `cargo xtask bench` ran: `name runs seconds outcome`.
     #[arg(long)]
     fuzz: Option<PathBuf>,
-    /// Only these cases (probe, witness, login, latency, throughput, footprint, stop, hostile, alert, fleet); the table
+    /// Only these cases (probe, witness, login, latency, throughput, footprint, memory, stop, hostile, alert, fleet); the table
     /// is printed and BENCHMARKS.md is left alone.
     #[arg(long, value_name = "CASE")]
     only: Vec<String>,
@@ -94,9 +94,9 @@ fn main() {
             if q { 3 } else { 7 },
             Duration::from_secs(if q { 5 } else { 20 }),
             if q { 20_000 } else { 100_000 },
-        );
-        memory(r, if q { 3 } else { 7 });
+        )
     });
+    case("memory", &mut |r| memory(r, if q { 3 } else { 7 }));
     case("stop", &mut |r| stop_and_restart(r, if q { 3 } else { 7 }));
     case("hostile", &mut |r| hostile_load(r, if q { 6 } else { 10 }, if q { 100 } else { 300 }));
     case("alert", &mut |r| alert_latency(r, if q { 50 } else { 200 }));

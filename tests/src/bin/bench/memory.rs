@@ -66,11 +66,9 @@ pub(crate) fn memory(report: &mut Report, runs: usize) {
     );
     if m > 20.0 {
         report.notes.push(format!(
-            "Peak at start-up: {m:.1} MB against 20 MB. Most of it is aya 0.14's `EbpfLoader::new()`, \
-             which reads and parses the kernel's BTF (/sys/kernel/btf/vmlinux, 5.5 MB here, about 15 MB \
-             while parsed) even though notifier then sets `.btf(None)` and reads the few offsets it needs \
-             with its own reader. The memory is freed at once, and `malloc_trim` hands it back before \
-             the daemon runs; avoiding the parse needs a change in aya."
+            "Peak at start-up: {m:.1} MB against 20 MB. Before notifier made aya's loader without \
+             letting it read the kernel's BTF (`loader/quiet.rs`), that parse alone took the peak to \
+             29 MB: check that the seccomp filter there still installs (a `debug` log says when not)."
         ));
     }
 
