@@ -23,8 +23,10 @@ pub fn generate(what: Generated, out: &mut impl std::io::Write) -> std::io::Resu
         Generated::Elvish => Shell::Elvish,
         Generated::Powershell => Shell::PowerShell,
     };
-    clap_complete::generate(shell, &mut cmd, "notifier", out);
-    Ok(())
+    // clap_complete panics when a write fails; render first, so that a closed pipe is an error.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "notifier", &mut script);
+    out.write_all(&script)
 }
 
 /// FILES, on notifier(1).
@@ -231,5 +233,21 @@ mod tests {
         main_page(&mut one).unwrap();
         assert_eq!(String::from_utf8(one).unwrap(), main);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_closed_pipe_is_an_error_not_a_panic() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        for what in [Generated::Bash, Generated::Zsh, Generated::Fish, Generated::Man] {
+            assert_eq!(generate(what, &mut Closed).unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
+        }
     }
 }

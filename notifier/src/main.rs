@@ -44,7 +44,11 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Generate { what, .. } => {
-                notifier::generate::generate(what, &mut std::io::stdout().lock()).context("writing to stdout")
+                // A reader that stops early (`| head`) ends the output; that is not an error.
+                match notifier::generate::generate(what, &mut std::io::stdout().lock()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                    written => written.context("writing to stdout"),
+                }
             }
             Command::TestAlert { config, sink } => {
                 let config = notifier::config::Config::load_or_default(config.as_deref())?;

@@ -334,8 +334,9 @@ fn a_crash_between_claim_and_alert_sends_the_alert_once_after_the_restart() {
 
 /// The NATS permissions a host needs (as README "Fleet" documents them): publish its own event
 /// subjects and the history bucket's API, receive replies in its inbox.
-fn host_permissions(host: &str) -> String {
-    let allow = [
+/// The subjects a host may publish to: its own events, and the bucket.
+fn host_publish(host: &str) -> Vec<String> {
+    [
         format!("notifier.events.{host}.>"),
         "$JS.API.INFO".into(),
         "$JS.API.STREAM.INFO.KV_notifier_history".into(),
@@ -346,8 +347,12 @@ fn host_permissions(host: &str) -> String {
         "$JS.API.STREAM.MSG.GET.KV_notifier_history".into(),
         "$JS.FC.KV_notifier_history.>".into(),
         "$KV.notifier_history.>".into(),
-    ];
-    let quoted: Vec<String> = allow.iter().map(|s| format!("\"{s}\"")).collect();
+    ]
+    .into()
+}
+
+fn host_permissions(host: &str) -> String {
+    let quoted: Vec<String> = host_publish(host).iter().map(|s| format!("\"{s}\"")).collect();
     format!("permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}", quoted.join(", "))
 }
 
@@ -409,6 +414,50 @@ fn wrong_credentials_give_one_clear_error_and_a_host_cannot_publish_as_another()
     let want = keys_of(&web1.printed);
     let shown = watch_until(&watch, &want);
     assert_eq!(keys_of(&shown), want, "web-1's events, and nothing from web-3 or web-4: {shown:#?}");
+}
+
+#[test]
+fn creds_files_of_an_operator_account_work_and_an_unknown_accounts_are_refused_clearly() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let operator = Operator::new();
+    let Some(server) = NatsServer::start(&operator.server_config()) else { return };
+    let service = PamService::permit("ntfleetj");
+    let lab = Lab::new();
+    let creds = |name: &str, text: String| {
+        let path = lab.path(&format!("{name}.creds"));
+        fs::write(&path, text).expect("writing the creds file");
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        format!("servers = [\"{}\"]\ncredentials = \"{}\"", server.url(), path.display())
+    };
+    let admin = Host::new("admin", &creds("admin", operator.creds("admin", None)), "");
+    fleet_init(&admin.d.config);
+    let watch = fleet_watch(&admin.d.config);
+    let mut web1 = Host::new("web-1", &creds("web-1", operator.creds("web-1", Some(&host_publish("web-1")))), "");
+    let mut stranger = Host::new("web-9", &creds("web-9", Operator::unknown_account_creds("web-9")), "");
+    web1.start();
+    stranger.start();
+    let login = |h: &mut Host, ip: &str| {
+        assert!(h.login(&service.name, "jwtuser", ip).wait().expect("pam-driver").success());
+        h.wait_open("jwtuser", ip)
+    };
+    let first = login(&mut web1, "10.81.0.1");
+    assert_eq!(first["fleet"]["state"], "claimed", "web-1's JWT allows the bucket: {first:#}\n{}", server.log());
+    let local = login(&mut stranger, "10.81.0.9");
+    assert_eq!(
+        (local["fleet"]["state"].as_str(), local["alert"].as_bool()),
+        (Some("offline"), Some(true)),
+        "{local:#}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let stderr = stranger.daemon().stderr();
+    assert_eq!(stderr.matches("refused this host's credentials").count(), 1, "{stderr}");
+
+    web1.drain();
+    let want = keys_of(&web1.printed);
+    let shown = watch_until(&watch, &want);
+    assert_eq!(keys_of(&shown), want, "web-1's events, and nothing from web-9: {shown:#?}");
 }
 
 /// `notifier fleet init`, retried while a new cluster elects its JetStream leader.
