@@ -100,3 +100,21 @@ pub fn nats_cluster(n: usize) -> Option<Vec<NatsServer>> {
     }
     Some(servers)
 }
+
+/// Every message stored in `stream` on the server at `url`: its subject and when the server
+/// stored it (Unix time in seconds), in order.
+pub fn stream_messages(url: &str, stream: &str) -> Vec<(String, f64)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connecting to nats-server"));
+        let mut s = js.get_stream(stream).await.expect("the stream");
+        let last = s.info().await.expect("stream info").state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                out.push((m.subject.to_string(), m.time.unix_timestamp_nanos() as f64 / 1e9));
+            }
+        }
+        out
+    })
+}

@@ -707,7 +707,10 @@ fn a_full_outbox_drops_the_oldest_events_with_one_health_alert_and_keeps_the_new
     let Some(mut server) = NatsServer::start("") else { return };
     let hook = HttpReceiver::start();
     let service = PamService::permit("ntfleetf");
-    let fleet = format!("servers = [\"{}\"]\noutbox_max_events = 20\nunreachable_alert_secs = 0", server.url());
+    let fleet = format!(
+        "servers = [\"{}\"]\noutbox_max_events = 20\nunreachable_alert_secs = 0\nreplay_rate = 5",
+        server.url()
+    );
     let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
     let mut h = Host::new("web-full", &fleet, &sink);
     fleet_init(&h.d.config);
@@ -753,6 +756,17 @@ fn a_full_outbox_drops_the_oldest_events_with_one_health_alert_and_keeps_the_new
         "session_open".to_string(),
     );
     assert!(!shown.contains(&first), "the oldest event was dropped");
+    // The replay went at replay_rate (5 a second, after a burst of one second's worth): the
+    // server stored the host's events over seconds, not at once.
+    let stored: Vec<f64> = stream_messages(&server.url(), "NOTIFIER_EVENTS")
+        .into_iter()
+        .filter(|(subject, _)| subject.starts_with("notifier.events.web-full."))
+        .map(|(_, at)| at)
+        .collect();
+    assert!(stored.len() >= 15, "{stored:?}");
+    let span = stored[stored.len() - 1] - stored[0];
+    let fastest = (stored.len() - 5) as f64 / 5.0;
+    assert!(span >= fastest * 0.8, "{} events stored over {span:.2} s, not at 5 a second", stored.len());
 }
 
 /// (host, session, event) of the last login event a host printed.
