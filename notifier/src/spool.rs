@@ -40,13 +40,11 @@ pub fn dead_letters(state_dir: &Path) -> io::Result<(Vec<DeadLetter>, usize)> {
 
 /// Every pending entry of every sink's spool directory, by directory name.
 fn pending(state_dir: &Path) -> Vec<(String, Entry)> {
-    let Ok(dirs) = fs::read_dir(layout::root(state_dir)) else { return Vec::new() };
     let mut all = Vec::new();
-    for dir in dirs.flatten() {
-        let Ok(files) = fs::read_dir(dir.path()) else { continue };
-        for file in files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "json")) {
-            if let Some(entry) = fs::read(file.path()).ok().and_then(|b| serde_json::from_slice::<Entry>(&b).ok()) {
-                all.push((dir.file_name().to_string_lossy().into_owned(), entry));
+    for (name, dir) in layout::sink_dirs(state_dir) {
+        for file in layout::entry_files(&dir) {
+            if let Some(entry) = fs::read(file).ok().and_then(|b| serde_json::from_slice::<Entry>(&b).ok()) {
+                all.push((name.clone(), entry));
             }
         }
     }

@@ -61,7 +61,8 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<bool> {
         serde_json::to_writer_pretty(&mut out, &body)?;
         writeln!(out)?;
     } else {
-        write!(out, "{}", text(status.as_ref(), running, &disk, &sinks, state_dir))?;
+        let alive = status.as_ref().is_some_and(Status::alive);
+        write!(out, "{}", text(status.as_ref(), alive, &disk, &sinks, state_dir))?;
     }
     Ok(running)
 }
@@ -70,7 +71,9 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn text(status: Option<&Status>, running: bool, disk: &Disk, config_sinks: &[&str], state_dir: &Path) -> String {
+/// `alive`: the process that wrote `status` still exists.
+fn text(status: Option<&Status>, alive: bool, disk: &Disk, config_sinks: &[&str], state_dir: &Path) -> String {
+    let running = alive && status.is_some_and(|s| s.stopped.is_none());
     let mut out = String::new();
     match status {
         Some(s) if running => {
@@ -78,6 +81,9 @@ fn text(status: Option<&Status>, running: bool, disk: &Disk, config_sinks: &[&st
         }
         Some(s) => {
             let why = match &s.stopped {
+                Some(at) if alive => {
+                    format!("stopping since {at}: logins are no longer watched, pending alerts go out")
+                }
                 Some(at) => format!("stopped at {at}"),
                 None => format!("pid {} is gone; its last status is from {}", s.pid, s.updated),
             };
@@ -226,5 +232,8 @@ mod tests {
         let stopped = Status { stopped: Some("T9".into()), ..gone };
         assert!(text(Some(&stopped), false, &disk, &[], Path::new("/s"))
             .starts_with("notifier is not running (stopped at T9)\n"));
+        assert!(text(Some(&stopped), true, &disk, &[], Path::new("/s")).starts_with(
+            "notifier is not running (stopping since T9: logins are no longer watched, pending alerts go out)\n"
+        ));
     }
 }

@@ -93,13 +93,8 @@ impl Spool {
 
     /// Every pending entry. An unreadable file is moved aside (`.bad`) and reported, not deleted.
     pub fn load(&self) -> Vec<Entry> {
-        let Ok(dir) = fs::read_dir(&self.dir) else { return Vec::new() };
         let mut entries = Vec::new();
-        for file in dir.flatten() {
-            let path = file.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
+        for path in layout::entry_files(&self.dir) {
             match fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Entry>(&b).ok()) {
                 Some(e) => entries.push(e),
                 None => {

@@ -12,7 +12,7 @@
 //! are never dropped.
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     fs, io,
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
@@ -53,6 +53,9 @@ pub struct Outbox {
     max_events: usize,
     /// Events dropped because the outbox was full, since the start.
     pub dropped: u64,
+    /// The claim intents on disk, by sequence: read once at `open`, then kept in step with the
+    /// files, so that the publisher's every wake does not read the directory.
+    intents: BTreeMap<u64, Intent>,
 }
 
 fn name(kind: char, seq: u64) -> String {
@@ -68,7 +71,15 @@ fn seq_of(name: &str) -> Option<(char, u64)> {
 impl Outbox {
     pub fn open(dir: &Path, max_events: usize) -> io::Result<Outbox> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        let mut out = Outbox { dir: dir.into(), next: 1, batches: VecDeque::new(), events: 0, max_events, dropped: 0 };
+        let mut out = Outbox {
+            dir: dir.into(),
+            next: 1,
+            batches: VecDeque::new(),
+            events: 0,
+            max_events,
+            dropped: 0,
+            intents: BTreeMap::new(),
+        };
         let mut found: Vec<(u64, char, PathBuf)> = Vec::new();
         for entry in fs::read_dir(dir)?.flatten() {
             let path = entry.path();
@@ -84,6 +95,11 @@ impl Outbox {
                 let n = fs::read_to_string(&path).map(|t| t.lines().count()).unwrap_or(0);
                 out.batches.push_back((seq, n));
                 out.events += n;
+            } else if kind == 'c' && path.extension() == Some("json".as_ref()) {
+                match fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                    Some(intent) => _ = out.intents.insert(seq, intent),
+                    None => out.set_aside(&path),
+                }
             }
         }
         Ok(out)
@@ -121,36 +137,27 @@ impl Outbox {
 
     /// Writes a claim intent; returns its sequence number.
     pub fn push_intent(&mut self, intent: &Intent) -> io::Result<u64> {
-        self.write('c', &serde_json::to_vec(intent)?)
+        let seq = self.write('c', &serde_json::to_vec(intent)?)?;
+        self.intents.insert(seq, intent.clone());
+        Ok(seq)
     }
 
     /// Rewrites an intent in place (marked as alerted).
     pub fn rewrite_intent(&mut self, seq: u64, intent: &Intent) -> io::Result<()> {
         let path = self.dir.join(name('c', seq));
-        crate::state::write_durably(&path, &path.with_extension("tmp"), &serde_json::to_vec(intent)?)
+        crate::state::write_durably(&path, &path.with_extension("tmp"), &serde_json::to_vec(intent)?)?;
+        self.intents.insert(seq, intent.clone());
+        Ok(())
     }
 
     pub fn remove_intent(&mut self, seq: u64) {
         let _ = fs::remove_file(self.dir.join(name('c', seq)));
+        self.intents.remove(&seq);
     }
 
     /// Every claim intent on disk, oldest first.
     pub fn intents(&self) -> Vec<(u64, Intent)> {
-        let mut out: Vec<(u64, Intent)> = Vec::new();
-        let Ok(dir) = fs::read_dir(&self.dir) else { return out };
-        for entry in dir.flatten() {
-            let path = entry.path();
-            let Some(('c', seq)) = path.file_name().and_then(|n| n.to_str()).and_then(seq_of) else { continue };
-            if path.extension() != Some("json".as_ref()) {
-                continue;
-            }
-            match fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
-                Some(intent) => out.push((seq, intent)),
-                None => self.set_aside(&path),
-            }
-        }
-        out.sort_by_key(|(seq, _)| *seq);
-        out
+        self.intents.iter().map(|(seq, intent)| (*seq, intent.clone())).collect()
     }
 
     /// The oldest batch of events still to publish.
@@ -220,6 +227,7 @@ mod tests {
         assert_eq!(batch, [event(2), event(3)]);
         // A torn file is set aside; what is whole survives a restart.
         fs::write(dir.join("e-00000000000000000099.jsonl"), b"{\"id\":").unwrap();
+        fs::write(dir.join("c-00000000000000000098.json"), b"{\"event_id\":").unwrap();
         let mut again = Outbox::open(&dir, 4).unwrap();
         assert_eq!(again.intents(), [(c, intent)]);
         assert_eq!(again.oldest_batch().unwrap().0, seq);
@@ -228,6 +236,9 @@ mod tests {
         again.done_batch(seq);
         assert!(again.oldest_batch().is_none(), "the torn batch was set aside");
         assert!(dir.join("e-00000000000000000099.bad").exists());
+        assert!(dir.join("c-00000000000000000098.bad").exists(), "the torn intent was set aside at open");
+        again.remove_intent(c);
+        assert!(again.intents().is_empty() && Outbox::open(&dir, 4).unwrap().intents().is_empty());
         assert_eq!(again.events, 0);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -31,17 +31,22 @@ pub fn pending(state_dir: &Path) -> usize {
 
 /// Pending alerts in each sink's spool directory, by the directory's name (see [`dir_name`]).
 pub fn pending_by_dir(state_dir: &Path) -> Vec<(String, usize)> {
+    sink_dirs(state_dir).into_iter().map(|(name, dir)| (name, entry_files(&dir).len())).collect()
+}
+
+/// Every sink's spool directory under `state_dir`, with its name, sorted by name.
+pub fn sink_dirs(state_dir: &Path) -> Vec<(String, PathBuf)> {
     let Ok(dirs) = std::fs::read_dir(root(state_dir)) else { return Vec::new() };
-    let mut counts: Vec<(String, usize)> = dirs
-        .flatten()
-        .filter_map(|d| {
-            let files = std::fs::read_dir(d.path()).ok()?;
-            let n = files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "json")).count();
-            Some((d.file_name().to_string_lossy().into_owned(), n))
-        })
-        .collect();
-    counts.sort();
-    counts
+    let mut found: Vec<(String, PathBuf)> =
+        dirs.flatten().map(|d| (d.file_name().to_string_lossy().into_owned(), d.path())).collect();
+    found.sort();
+    found
+}
+
+/// The pending alerts' files (`*.json`) in one sink's spool directory.
+pub fn entry_files(sink_dir: &Path) -> Vec<PathBuf> {
+    let Ok(files) = std::fs::read_dir(sink_dir) else { return Vec::new() };
+    files.flatten().map(|f| f.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect()
 }
 
 /// The name of the spool directory of the sink called `name`.

@@ -97,12 +97,8 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// Replaces the file (mode 0600: it names users and addresses). Not fsynced: it describes a
 /// running process, and a crash makes it stale anyway.
 pub fn write(state_dir: &Path, status: &Status) -> io::Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let bytes = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
-    let (path, tmp) = (path(state_dir), state_dir.join("status.json.tmp"));
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-    f.write_all(&bytes)?;
-    std::fs::rename(&tmp, &path)
+    super::write_replacing(&path(state_dir), &state_dir.join("status.json.tmp"), &bytes)
 }
 
 /// The last status written, `None` when there is none.
@@ -123,9 +119,14 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
 }
 
 impl Status {
-    /// The process that wrote it still runs.
+    /// The process that wrote it still runs, and has not begun to stop.
     pub fn running(&self) -> bool {
-        self.stopped.is_none() && start_ticks(self.pid) == Some(self.start_ticks)
+        self.stopped.is_none() && self.alive()
+    }
+
+    /// The process that wrote it still exists (it may be stopping).
+    pub fn alive(&self) -> bool {
+        start_ticks(self.pid) == Some(self.start_ticks)
     }
 }
 
