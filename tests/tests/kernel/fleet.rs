@@ -356,6 +356,20 @@ fn host_permissions(host: &str) -> String {
     format!("permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}", quoted.join(", "))
 }
 
+/// `h`'s credentials are refused: its login `local` was judged locally (offline, alerting), and
+/// its log says so once, naming the settings to check.
+fn refused_but_working(h: &Host, local: &Value) {
+    assert_eq!(
+        (local["fleet"]["state"].as_str(), local["alert"].as_bool()),
+        (Some("offline"), Some(true)),
+        "{local:#}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let stderr = h.daemon().stderr();
+    assert_eq!(stderr.matches("refused this host's credentials").count(), 1, "{stderr}");
+    assert!(stderr.contains("fleet.credentials, fleet.user/password or fleet.token"), "{stderr}");
+}
+
 #[test]
 fn wrong_credentials_give_one_clear_error_and_a_host_cannot_publish_as_another() {
     if !kernel_tests_enabled() {
@@ -400,15 +414,7 @@ fn wrong_credentials_give_one_clear_error_and_a_host_cannot_publish_as_another()
     );
     // Wrong credentials: one clear error, and verdicts go on locally.
     let local = login(&mut wrong, "10.80.0.4");
-    assert_eq!(
-        (local["fleet"]["state"].as_str(), local["alert"].as_bool()),
-        (Some("offline"), Some(true)),
-        "{local:#}"
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    let stderr = wrong.daemon().stderr();
-    assert_eq!(stderr.matches("refused this host's credentials").count(), 1, "{stderr}");
-    assert!(stderr.contains("fleet.credentials, fleet.user/password or fleet.token"), "{stderr}");
+    refused_but_working(&wrong, &local);
 
     web1.drain();
     let want = keys_of(&web1.printed);
@@ -445,14 +451,7 @@ fn creds_files_of_an_operator_account_work_and_an_unknown_accounts_are_refused_c
     let first = login(&mut web1, "10.81.0.1");
     assert_eq!(first["fleet"]["state"], "claimed", "web-1's JWT allows the bucket: {first:#}\n{}", server.log());
     let local = login(&mut stranger, "10.81.0.9");
-    assert_eq!(
-        (local["fleet"]["state"].as_str(), local["alert"].as_bool()),
-        (Some("offline"), Some(true)),
-        "{local:#}"
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    let stderr = stranger.daemon().stderr();
-    assert_eq!(stderr.matches("refused this host's credentials").count(), 1, "{stderr}");
+    refused_but_working(&stranger, &local);
 
     web1.drain();
     let want = keys_of(&web1.printed);
