@@ -27,8 +27,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Drops the DWARF sections (and their relocations) from the eBPF object before it is embedded.
 /// The eBPF crate is built with debug info because bpf-linker makes the object's BTF from it;
-/// the kernel and aya read only the BTF, and the DWARF was three quarters of the object (730 of
-/// 960 KB) and of its pages resident in the daemon.
+/// the kernel and aya read only the BTF. The DWARF was three quarters of the object (730 of
+/// 960 KB), carried in the binary and read in part at every load.
 fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
     use object::build::elf::SectionData;
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

@@ -121,7 +121,8 @@ impl From<&crate::config::Capture> for Targets {
 
 /// What start-up reads from the kernel's BTF: the field offsets the probes need ([`crate::btf`],
 /// a 5.5 MB read while they are found), and aya's loader, made without aya's own parse of the
-/// BTF ([`quiet`]).
+/// BTF ([`quiet`]). Made first, while the process is small, so that the read is not on top of the
+/// config, the databases and the sinks at the start's peak.
 pub struct Early {
     loader: EbpfLoader<'static>,
     offsets: Result<notifier_common::TaskOffsets, crate::btf::OffsetError>,

@@ -4,7 +4,7 @@
 //! read and about 15 MB of parsed types on 6.18), and offers no way to skip it
 //! (aya-rs/aya#1172). notifier sets `.btf(None)` right after: its programs need no CO-RE
 //! relocation, and [`crate::btf`] reads the few field offsets they need. The parse was freed at
-//! once, but it was the whole of the start's peak RSS: 29 MB with it, 16 MB without
+//! once, but it made the start's peak RSS: 29 MB with it, 14 MB without
 //! (`bench --only memory`).
 //!
 //! So the loader is made on a short-lived thread that cannot open files. A seccomp filter, which
