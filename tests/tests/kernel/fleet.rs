@@ -131,7 +131,7 @@ fn twenty_hosts_one_new_source_one_alert_and_the_watch_shows_every_event_once() 
     let hook = HttpReceiver::start();
     let service = PamService::permit("ntfleet");
     let fleet = format!("servers = [\"{}\"]", server.url());
-    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let sink = hook_sink(&hook);
     let mut hosts: Vec<Host> = (1..=20).map(|i| Host::new(&format!("web-{i}"), &fleet, &sink)).collect();
     fleet_init(&hosts[0].d.config);
     let watch = fleet_watch(&hosts[0].d.config);
@@ -202,6 +202,11 @@ fn twenty_hosts_one_new_source_one_alert_and_the_watch_shows_every_event_once() 
     assert_schema_valid(None, &shown);
 }
 
+/// A `[[sink]]` named `hook` that posts to `hook`'s `/hook`.
+fn hook_sink(hook: &HttpReceiver) -> String {
+    format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"))
+}
+
 /// The login alerts a webhook receiver got, by IP.
 fn alerts_by_ip(hook: &HttpReceiver) -> BTreeMap<String, usize> {
     hook.requests().iter().map(Request::json).filter(|b| b["kind"] == "login").fold(BTreeMap::new(), |mut m, b| {
@@ -219,7 +224,7 @@ fn events_reach_the_stream_once_across_daemon_and_server_restarts_and_offline_ve
     let hook = HttpReceiver::start();
     let service = PamService::permit("ntfleetr");
     let fleet = format!("servers = [\"{}\"]\nunreachable_alert_secs = 3", server.url());
-    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let sink = hook_sink(&hook);
     let mut a = Host::new("web-a", &fleet, &sink);
     let mut b = Host::new("web-b", &fleet, &sink);
     fleet_init(&a.d.config);
@@ -300,7 +305,7 @@ fn a_crash_between_claim_and_alert_sends_the_alert_once_after_the_restart() {
     let hook = HttpReceiver::start();
     let service = PamService::permit("ntfleetc");
     let fleet = format!("servers = [\"{}\"]", server.url());
-    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let sink = hook_sink(&hook);
     let mut a = Host::new("web-a", &fleet, &sink);
     let mut b = Host::new("web-b", &fleet, &sink);
     fleet_init(&a.d.config);
@@ -484,7 +489,7 @@ fn a_cluster_node_killed_under_load_loses_no_event_and_sends_no_second_alert() {
     let urls: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
     // Replicas 3; a claim may wait out a stream leader election (README "Fleet").
     let fleet = format!("servers = [{}]\nreplicas = 3\nclaim_timeout_ms = 20000", urls.join(", "));
-    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let sink = hook_sink(&hook);
     let mut hosts: Vec<Host> = (1..=3).map(|i| Host::new(&format!("node-host-{i}"), &fleet, &sink)).collect();
     fleet_init_when_ready(&hosts[0].d.config);
     let watch = fleet_watch(&hosts[0].d.config);
@@ -710,7 +715,7 @@ fn a_full_outbox_drops_the_oldest_events_with_one_health_alert_and_keeps_the_new
         "servers = [\"{}\"]\noutbox_max_events = 20\nunreachable_alert_secs = 0\nreplay_rate = 5",
         server.url()
     );
-    let sink = format!("[[sink]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n", hook.url("/hook"));
+    let sink = hook_sink(&hook);
     let mut h = Host::new("web-full", &fleet, &sink);
     fleet_init(&h.d.config);
     h.start();
